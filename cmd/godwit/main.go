@@ -1,0 +1,152 @@
+// Command godwit is the edge reverse proxy: `godwit run` serves one edge
+// node, `godwit demo` a self-contained local setup, `godwit config check`
+// validates a config file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/godwit/godwit/config"
+	"github.com/godwit/godwit/proxy"
+)
+
+const usage = `godwit — a global edge reverse proxy
+
+Usage:
+  godwit run --config FILE      run one edge node until SIGINT/SIGTERM (graceful drain)
+  godwit demo [flags]           run a local demo edge with sample machines
+  godwit config check FILE      validate a config file; print every error with its line
+  godwit version                print the version
+
+Run 'godwit COMMAND --help' for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// The first signal starts the drain; a second one means "now".
+		<-ctx.Done()
+		stop()
+		second := make(chan os.Signal, 1)
+		signal.Notify(second, os.Interrupt, syscall.SIGTERM)
+		<-second
+		fmt.Fprintln(os.Stderr, "godwit: second signal: exiting without waiting for the drain")
+		os.Exit(1)
+	}()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main with its dependencies passed in: ctx ends on SIGINT/SIGTERM.
+// It returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(ctx, args[1:], stdout, stderr)
+	case "demo":
+		return cmdDemo(ctx, args[1:], stdout, stderr)
+	case "config":
+		if len(args) < 2 || args[1] != "check" {
+			fmt.Fprintln(stderr, "usage: godwit config check FILE")
+			return 2
+		}
+		return cmdConfigCheck(args[2:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "godwit", version())
+		return 0
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "godwit: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func cmdConfigCheck(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "usage: godwit config check FILE")
+		return 2
+	}
+	cfg, err := config.Load(args[0])
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		var errs config.Errors
+		if errors.As(err, &errs) {
+			fmt.Fprintf(stderr, "%d error(s) in %s\n", len(errs), args[0])
+		}
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d apps, %d machines)\n", args[0], len(cfg.Apps), len(cfg.Machines))
+	return 0
+}
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "godwit.toml", "config file (TOML)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	return serve(ctx, cfg, stderr, nil)
+}
+
+// serve runs a node until ctx ends, then drains it. ready, if set, is
+// called once the listeners are bound.
+func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, ready func(*proxy.Server)) int {
+	log := newLogger(cfg.Log, logOut)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := proxy.New(cfg, log, reg)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if err := srv.Listen(); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if ready != nil {
+		ready(srv)
+	}
+	if err := srv.Run(ctx); err != nil {
+		log.Error("node failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.Level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

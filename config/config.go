@@ -1,0 +1,584 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// maxFileSize bounds a config file or an imported fly.toml.
+const maxFileSize = 4 << 20
+
+// Load reads, defaults and validates the config file at path. Relative
+// paths in the file (fly_toml, tls.cert_file, tls.key_file,
+// admin.token_file, gossip.secret_key_file) are resolved against the
+// directory of path.
+//
+// A file that cannot be read gives an error wrapping the *fs.PathError. A
+// file with problems gives an [Errors] with every problem found, each with
+// its file and line.
+func Load(path string) (*Config, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return parse(data, path, filepath.Dir(path), hostname())
+}
+
+// Parse is Load for a config already in memory, such as an embedded demo
+// config. name stands for the file in error messages. Relative paths in the
+// config are left as they are: relative to the working directory.
+func Parse(data []byte, name string) (*Config, error) {
+	cfg, err := parse(data, name, "", hostname())
+	if cfg != nil {
+		cfg.Path = ""
+	}
+	return cfg, err
+}
+
+// readFile reads a regular file of at most maxFileSize bytes. It does not
+// open anything else: opening a FIFO would block.
+func readFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, &os.PathError{Op: "read", Path: path, Err: errors.New("not a regular file")}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxFileSize {
+		return nil, &os.PathError{Op: "read", Path: path, Err: fmt.Errorf("larger than %d bytes", maxFileSize)}
+	}
+	return data, nil
+}
+
+// parse decodes data, the contents of file; dir resolves relative paths
+// ("" leaves them alone).
+func parse(data []byte, file, dir, host string) (*Config, error) {
+	tree, errs := parseTree(data, file)
+	if errs != nil {
+		return nil, errs
+	}
+	l := &loader{
+		d:   &decoder{file: file, errs: &errs},
+		dir: dir,
+		def: defaults(host),
+	}
+	cfg := l.config(l.d.root(tree))
+	if len(errs) > 0 {
+		return nil, errs.sorted()
+	}
+	cfg.Path = file
+	return cfg, nil
+}
+
+// loader decodes one config file and the fly.toml files it imports.
+type loader struct {
+	d   *decoder
+	dir string
+	def defaultSet
+
+	listeners []listener // to find two listeners on one address
+}
+
+type listener struct {
+	key, addr, network string
+	line               int
+}
+
+func (l *loader) path(p string) string {
+	if p == "" || l.dir == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(l.dir, p)
+}
+
+func (l *loader) config(r *reader) *Config {
+	cfg := l.def.Config
+
+	l.node(r.table("node"), &cfg.Node)
+	l.def.followNode(cfg.Node)
+
+	adminLine := l.listen(r.table("listen"), &cfg.Listen)
+	l.tls(r.table("tls"), &cfg.TLS)
+	l.log(r.table("log"), &cfg.Log)
+
+	a := r.table("admin")
+	if a.str("token_file", &cfg.Admin.TokenFile) != nil {
+		cfg.Admin.TokenFile = l.path(cfg.Admin.TokenFile)
+	}
+	a.done()
+	if cfg.Listen.Admin != "" && cfg.Admin.TokenFile == "" && !isLoopback(cfg.Listen.Admin) {
+		l.d.errorf(adminLine, "listen.admin", "%s is not a loopback address: admin.token_file is required", cfg.Listen.Admin)
+	}
+
+	l.gossip(r.table("gossip"), &cfg.Gossip)
+
+	b := r.table("backhaul")
+	if v := b.str("listen", &cfg.Backhaul.Listen); v != nil {
+		l.listenAddr(b, v, "listen", "udp")
+	}
+	b.done()
+
+	l.proxy(r.table("proxy"), &cfg.Proxy)
+	cfg.Apps = l.apps(r.tables("app"))
+	cfg.Machines = l.machines(r.tables("machine"), cfg.Apps)
+	r.done()
+	return &cfg
+}
+
+func (l *loader) node(r *reader, n *Node) {
+	l.name(r, "name", &n.Name)
+	l.name(r, "region", &n.Region)
+	r.done()
+}
+
+// name reads an identifier: a node name, a region, an app name, a machine
+// id. These end up in headers (fly-replay, fly-region) and metric labels.
+func (l *loader) name(r *reader, k string, dst *string) *value {
+	var s string
+	v := r.str(k, &s)
+	if v == nil {
+		return nil
+	}
+	if err := checkName(s); err != nil {
+		r.errorf(v.line, k, "%v", err)
+		return nil
+	}
+	*dst = s
+	return v
+}
+
+func checkName(s string) error {
+	if s == "" {
+		return fmt.Errorf("must not be empty")
+	}
+	for i, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			i > 0 && (c == '-' || c == '_' || c == '.')
+		if !ok {
+			return fmt.Errorf("%q: want letters, digits, '-', '_' and '.', starting with a letter or digit", s)
+		}
+	}
+	return nil
+}
+
+// listen reads [listen] and returns the line of listen.admin (for a later
+// error about it).
+func (l *loader) listen(r *reader, ls *Listen) (adminLine int) {
+	fields := []struct {
+		key, network string
+		dst          *string
+	}{
+		{"http", "tcp", &ls.HTTP},
+		{"https", "tcp", &ls.HTTPS},
+		{"http3", "udp", &ls.HTTP3},
+		{"admin", "tcp", &ls.Admin},
+	}
+	// A default address may clash with one that is set.
+	for _, f := range fields {
+		if !r.has(f.key) && *f.dst != "" {
+			l.listeners = append(l.listeners, listener{r.key(f.key), *f.dst, f.network, 0})
+		}
+	}
+	for _, f := range fields {
+		v := r.str(f.key, f.dst)
+		if v == nil {
+			continue
+		}
+		if !l.listenAddr(r, v, f.key, f.network) {
+			*f.dst = ""
+		}
+		if f.key == "admin" {
+			adminLine = v.line
+		}
+	}
+	r.done()
+	return adminLine
+}
+
+// listenAddr checks an address to listen on and that no other listener of
+// the same network uses it.
+func (l *loader) listenAddr(r *reader, v *value, k, network string) bool {
+	if v.str == "" {
+		return true // off
+	}
+	if err := checkAddr(v.str, false); err != nil {
+		r.errorf(v.line, k, "%v", err)
+		return false
+	}
+	key := r.key(k)
+	for _, o := range l.listeners {
+		if o.addr == v.str && !strings.HasSuffix(o.addr, ":0") &&
+			(o.network == network || o.network == "both" || network == "both") {
+			if o.line == 0 {
+				r.errorf(v.line, k, "%s is also the address of %s (by default)", v.str, o.key)
+			} else {
+				r.errorf(v.line, k, "%s is also the address of %s (line %d)", v.str, o.key, o.line)
+			}
+			return false
+		}
+	}
+	l.listeners = append(l.listeners, listener{key, v.str, network, v.line})
+	return true
+}
+
+// checkAddr checks a host:port with a numeric port. An address to dial
+// needs a host and a port other than 0.
+func checkAddr(addr string, dial bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("bad address %q: want host:port", addr)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return fmt.Errorf("bad address %q: want a port number from 0 to 65535", addr)
+	}
+	if strings.ContainsAny(host, " \t/") {
+		return fmt.Errorf("bad address %q: bad host", addr)
+	}
+	if dial && host == "" {
+		return fmt.Errorf("bad address %q: want a host", addr)
+	}
+	if dial && n == 0 {
+		return fmt.Errorf("bad address %q: port 0 cannot be dialed", addr)
+	}
+	return nil
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (l *loader) tls(r *reader, t *TLS) {
+	cert := r.str("cert_file", &t.CertFile)
+	key := r.str("key_file", &t.KeyFile)
+	switch {
+	case r.has("cert_file") && cert == nil, r.has("key_file") && key == nil:
+		// Already reported.
+	case t.CertFile != "" && t.KeyFile == "":
+		r.errorf(cert.line, "cert_file", "tls.key_file is required with tls.cert_file")
+	case t.CertFile == "" && t.KeyFile != "":
+		r.errorf(key.line, "key_file", "tls.cert_file is required with tls.key_file")
+	}
+	t.CertFile, t.KeyFile = l.path(t.CertFile), l.path(t.KeyFile)
+	r.done()
+}
+
+func (l *loader) log(r *reader, lg *Log) {
+	var level string
+	if r.enum("level", &level, "debug", "info", "warn", "error") != nil {
+		_ = lg.Level.UnmarshalText([]byte(level)) // cannot fail for these four
+	}
+	r.enum("format", &lg.Format, LogJSON, LogText)
+	r.boolean("access", &lg.Access)
+	r.done()
+}
+
+func (l *loader) gossip(r *reader, g *Gossip) {
+	bindV := r.str("bind", &g.Bind)
+	if bindV != nil && !l.listenAddr(r, bindV, "bind", "both") { // memberlist uses TCP and UDP
+		g.Bind = ""
+	}
+	var needsBind []*value
+	if v := r.str("advertise", &g.Advertise); v != nil && v.str != "" {
+		needsBind = append(needsBind, v)
+		if err := checkAddr(v.str, true); err != nil {
+			r.errorf(v.line, "advertise", "%v", err)
+		}
+	}
+	if v := r.strings("join", &g.Join); v != nil {
+		for i, e := range v.arr {
+			if err := checkAddr(e.str, true); err != nil {
+				r.errorf(e.line, fmt.Sprintf("join[%d]", i), "%v", err)
+			}
+		}
+		if len(g.Join) > 0 {
+			needsBind = append(needsBind, v)
+		}
+	}
+	if v := r.str("secret_key_file", &g.SecretKeyFile); v != nil {
+		g.SecretKeyFile = l.path(g.SecretKeyFile)
+	}
+	if !r.has("bind") || bindV != nil && bindV.str == "" {
+		for _, v := range needsBind {
+			k := "advertise"
+			if v.kind == kindArray {
+				k = "join"
+			}
+			r.errorf(v.line, k, "gossip.bind is required with gossip.%s", k)
+		}
+	}
+	r.done()
+}
+
+func (l *loader) proxy(r *reader, p *Proxy) {
+	r.duration("read_header_timeout", &p.ReadHeaderTimeout, true)
+	r.duration("idle_timeout", &p.IdleTimeout, true)
+	r.integer("max_header_bytes", &p.MaxHeaderBytes, 1024, 64<<20)
+	r.duration("connect_timeout", &p.ConnectTimeout, true)
+	r.integer("connect_retries", &p.ConnectRetries, 0, 100)
+	r.duration("queue_timeout", &p.QueueTimeout, false)
+	r.integer("max_queue", &p.MaxQueue, 0, 1<<30)
+	r.duration("upstream_idle_timeout", &p.UpstreamIdleTimeout, true)
+	r.integer("max_idle_per_machine", &p.MaxIdlePerMachine, 0, 1<<20)
+	r.duration("drain_timeout", &p.DrainTimeout, false)
+	r.done()
+}
+
+// apps reads the [[app]] tables and checks that names and hosts are unique.
+func (l *loader) apps(rs []*reader) []App {
+	type claim struct {
+		app   string
+		index int
+		line  int
+	}
+	names := make(map[string]int)   // app name → line
+	hosts := make(map[string]claim) // host → first app to claim it
+	var apps []App
+	for ai, r := range rs {
+		a := l.def.App
+		nameV := l.name(r, "name", &a.Name)
+		if nameV == nil && !r.has("name") {
+			r.errorf(r.line, "name", "an app needs a name")
+		}
+		if nameV != nil {
+			if first, dup := names[a.Name]; dup {
+				r.errorf(nameV.line, "name", "app %q is already defined on line %d", a.Name, first)
+			} else {
+				names[a.Name] = nameV.line
+			}
+		}
+
+		var raw []string
+		if v := r.strings("hosts", &raw); v != nil {
+			if len(raw) == 0 {
+				r.errorf(v.line, "hosts", "an app needs at least one host")
+			}
+			for i, h := range raw {
+				line, key := v.arr[i].line, fmt.Sprintf("hosts[%d]", i)
+				h, err := normalizeHost(h)
+				if err != nil {
+					r.errorf(line, key, "%v", err)
+					continue
+				}
+				if c, dup := hosts[h]; dup {
+					if c.index == ai {
+						r.errorf(line, key, "host %q is listed twice (line %d)", h, c.line)
+					} else {
+						r.errorf(line, key, "host %q is already claimed by app %q (line %d)", h, c.app, c.line)
+					}
+					continue
+				}
+				hosts[h] = claim{a.Name, ai, line}
+				a.Hosts = append(a.Hosts, h)
+			}
+		} else if !r.has("hosts") {
+			r.errorf(r.line, "hosts", "an app needs at least one host")
+		}
+
+		l.name(r, "org", &a.Org)
+		regionSet := l.name(r, "primary_region", &a.PrimaryRegion) != nil
+
+		var flyToml string
+		flyV := r.str("fly_toml", &flyToml)
+		svc := r.table("http_service")
+		switch {
+		case flyV != nil && svc.present():
+			r.errorf(svc.line, "http_service", "app has both fly_toml and [http_service]: keep one")
+		case flyV != nil:
+			l.importFlyToml(r, flyV, &a, regionSet)
+		default:
+			l.httpService(svc, &a.HTTPService, false)
+		}
+		r.done()
+		apps = append(apps, a)
+	}
+	return apps
+}
+
+// normalizeHost lower-cases a host name and rejects ports, URLs and
+// characters that cannot be in a Host header.
+func normalizeHost(h string) (string, error) {
+	h = strings.ToLower(h)
+	switch {
+	case h == "":
+		return "", fmt.Errorf("empty host")
+	case strings.Contains(h, "://") || strings.Contains(h, "/"):
+		return "", fmt.Errorf("%q: want a host name, not a URL", h)
+	case strings.HasPrefix(h, "["):
+		if strings.HasSuffix(h, "]") {
+			if ip := net.ParseIP(h[1 : len(h)-1]); ip != nil && ip.To4() == nil {
+				return h, nil
+			}
+			return "", fmt.Errorf("%q: bad IPv6 address", h)
+		}
+		return "", fmt.Errorf("%q: a host must not have a port", h)
+	case strings.Contains(h, ":"):
+		if net.ParseIP(h) != nil {
+			return "", fmt.Errorf("%q: write an IPv6 address in brackets, as in a Host header", h)
+		}
+		return "", fmt.Errorf("%q: a host must not have a port", h)
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return "", fmt.Errorf("%q: want a host name of letters, digits, '-' and '.'", h)
+		}
+	}
+	return h, nil
+}
+
+// httpService reads an [http_service] table of the config or of a fly.toml
+// (fly is true), into dst which holds the defaults.
+func (l *loader) httpService(r *reader, s *HTTPService, fly bool) {
+	r.integer("internal_port", &s.InternalPort, 0, 65535)
+	r.boolean("force_https", &s.ForceHTTPS)
+	if v := r.lookup("auto_stop_machines"); v != nil {
+		modes := []string{AutoStopOff, AutoStopStop, AutoStopSuspend}
+		switch {
+		case v.kind == kindBool && v.b: // legacy fly.toml
+			s.AutoStopMachines = AutoStopStop
+		case v.kind == kindBool:
+			s.AutoStopMachines = AutoStopOff
+		case v.kind == kindString && slices.Contains(modes, v.str):
+			s.AutoStopMachines = v.str
+		case v.kind == kindString:
+			r.errorf(v.line, "auto_stop_machines", "unknown value %q, want %s, or a boolean", v.str, oneOf(modes))
+		default:
+			r.wrongType(v, "auto_stop_machines", `"off", "stop", "suspend" or a boolean`)
+		}
+	}
+	r.boolean("auto_start_machines", &s.AutoStartMachines)
+	r.integer("min_machines_running", &s.MinMachinesRunning, 0, 1<<20)
+
+	c := r.table("concurrency")
+	c.enum("type", &s.Concurrency.Type, ConcurrencyConnections, ConcurrencyRequests)
+	softV := c.integer("soft_limit", &s.Concurrency.SoftLimit, 0, 1<<30)
+	hardV := c.integer("hard_limit", &s.Concurrency.HardLimit, 0, 1<<30)
+	switch {
+	case hardV == nil || s.Concurrency.HardLimit == 0 || s.Concurrency.HardLimit >= s.Concurrency.SoftLimit:
+	case softV != nil:
+		c.errorf(hardV.line, "hard_limit", "%d is below soft_limit %d (line %d)",
+			s.Concurrency.HardLimit, s.Concurrency.SoftLimit, softV.line)
+	case !c.has("soft_limit"):
+		c.errorf(hardV.line, "hard_limit", "%d is below the default soft_limit %d: set soft_limit too",
+			s.Concurrency.HardLimit, s.Concurrency.SoftLimit)
+	}
+	c.done()
+
+	for _, cr := range r.tables("checks") {
+		s.Checks = append(s.Checks, l.check(cr, l.def.Check, false))
+	}
+	for _, cr := range r.tables("tcp_checks") {
+		s.TCPChecks = append(s.TCPChecks, l.check(cr, l.def.TCPCheck, true))
+	}
+	if fly {
+		// Keys of fly.toml's [http_service] that godwit has no use for.
+		r.ignore("processes", "http_options", "tls_options", "proxy_proto_options")
+	}
+	r.done()
+}
+
+func (l *loader) check(r *reader, c Check, tcp bool) Check {
+	r.duration("grace_period", &c.GracePeriod, false)
+	r.duration("interval", &c.Interval, true)
+	r.duration("timeout", &c.Timeout, true)
+	if !tcp {
+		if v := r.str("method", &c.Method); v != nil {
+			c.Method = strings.ToUpper(c.Method)
+			if c.Method == "" || strings.IndexFunc(c.Method, func(c rune) bool { return c < 'A' || c > 'Z' }) >= 0 {
+				r.errorf(v.line, "method", "bad method %q", v.str)
+			}
+		}
+		if v := r.str("path", &c.Path); v != nil && !strings.HasPrefix(c.Path, "/") {
+			r.errorf(v.line, "path", "%q: want a path starting with /", c.Path)
+		}
+		r.enum("protocol", &c.Protocol, CheckHTTP, CheckHTTPS)
+		r.str("tls_server_name", &c.TLSServerName)
+		r.boolean("tls_skip_verify", &c.TLSSkipVerify)
+		r.stringMap("headers", &c.Headers)
+	}
+	r.done()
+	return c
+}
+
+// machines reads the [[machine]] tables; apps are the apps already read.
+func (l *loader) machines(rs []*reader, apps []App) []Machine {
+	ids := make(map[string]int) // machine id → line
+	var ms []Machine
+	for _, r := range rs {
+		m := l.def.Machine
+		if v := l.name(r, "id", &m.ID); v != nil {
+			if first, dup := ids[m.ID]; dup {
+				r.errorf(v.line, "id", "machine %q is already defined on line %d", m.ID, first)
+			} else {
+				ids[m.ID] = v.line
+			}
+		} else if !r.has("id") {
+			r.errorf(r.line, "id", "a machine needs an id")
+		}
+
+		if v := r.str("app", &m.App); v != nil {
+			if !hasApp(apps, m.App) {
+				r.errorf(v.line, "app", "no [[app]] is named %q", m.App)
+			}
+		} else if !r.has("app") {
+			r.errorf(r.line, "app", "a machine needs an app")
+		}
+
+		l.name(r, "region", &m.Region)
+		if v := r.str("address", &m.Address); v != nil {
+			if err := checkAddr(m.Address, true); err != nil {
+				r.errorf(v.line, "address", "%v", err)
+			}
+		} else if !r.has("address") {
+			r.errorf(r.line, "address", "a machine needs an address")
+		}
+		r.enum("state", &m.State, StateStarted, StateStopped)
+
+		d := r.table("driver")
+		kindV := d.enum("kind", &m.Driver.Kind, DriverNone, DriverExec, DriverHTTP)
+		cmdV := d.strings("command", &m.Driver.Command)
+		switch {
+		case d.has("kind") && kindV == nil, d.has("command") && cmdV == nil:
+			// Already reported.
+		case m.Driver.Kind == DriverExec && cmdV == nil:
+			d.errorf(kindV.line, "command", "the exec driver needs a command")
+		case m.Driver.Kind == DriverExec && (len(m.Driver.Command) == 0 || m.Driver.Command[0] == ""):
+			d.errorf(cmdV.line, "command", "must name a program to run")
+		case m.Driver.Kind != DriverExec && cmdV != nil:
+			d.errorf(cmdV.line, "command", "only the exec driver runs a command, and driver.kind is %q", m.Driver.Kind)
+		}
+		d.done()
+		r.done()
+		ms = append(ms, m)
+	}
+	return ms
+}
+
+func hasApp(apps []App, name string) bool {
+	return slices.ContainsFunc(apps, func(a App) bool { return a.Name == name })
+}

@@ -1,0 +1,471 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fullConfig sets every key to a value other than its default.
+const fullConfig = `
+[node]
+name = "edge-ams-2"
+region = "ams"
+
+[listen]
+http = "0.0.0.0:80"
+https = "0.0.0.0:443"
+http3 = "0.0.0.0:443"
+admin = "10.0.0.1:9091"
+
+[tls]
+cert_file = "/etc/godwit/cert.pem"
+key_file = "key.pem"
+
+[log]
+level = "debug"
+format = "text"
+access = false
+
+[admin]
+token_file = "admin.token"
+
+[gossip]
+bind = "10.0.0.1:7946"
+advertise = "203.0.113.1:7946"
+join = ["10.0.0.2:7946", "edge-fra-1.internal:7946"]
+secret_key_file = "gossip.key"
+
+[backhaul]
+listen = "10.0.0.1:4433"
+
+[proxy]
+read_header_timeout = "3s"
+idle_timeout = 60000
+max_header_bytes = 65536
+connect_timeout = "1500ms"
+connect_retries = 0
+queue_timeout = "0s"
+max_queue = 10
+upstream_idle_timeout = "4s"
+max_idle_per_machine = 8
+drain_timeout = "1m"
+
+[[app]]
+name = "web"
+hosts = ["Web.Example.COM", "www.example.com"]
+org = "acme"
+primary_region = "fra"
+  [app.http_service]
+  internal_port = 8080
+  force_https = true
+  auto_stop_machines = "suspend"
+  auto_start_machines = false
+  min_machines_running = 2
+    [app.http_service.concurrency]
+    type = "requests"
+    soft_limit = 50
+    hard_limit = 60
+    [[app.http_service.checks]]
+    grace_period = "5s"
+    interval = 10000
+    timeout = "500ms"
+    method = "head"
+    path = "/healthz"
+    protocol = "https"
+    tls_server_name = "web.internal"
+    tls_skip_verify = true
+      [app.http_service.checks.headers]
+      X-Forwarded-Proto = "https"
+      Authorization = "Bearer x"
+    [[app.http_service.checks]]
+    path = "/ready"
+    [[app.http_service.tcp_checks]]
+    grace_period = 1000
+    interval = "20s"
+    timeout = "3s"
+
+[[app]]
+name = "api"
+hosts = ["api.example.com"]
+http_service = { auto_stop_machines = true, concurrency = { hard_limit = 30 } }
+
+[[machine]]
+id = "m-fra-1"
+app = "web"
+region = "fra"
+address = "10.0.1.1:8080"
+state = "stopped"
+  [machine.driver]
+  kind = "exec"
+  command = ["./web", "--port", "8080"]
+
+[[machine]]
+id = "m-ams-1"
+app = "api"
+address = "[fd00::1]:8080"
+  [machine.driver]
+  kind = "http"
+`
+
+func TestParseEveryKey(t *testing.T) {
+	got, err := parse([]byte(fullConfig), "full.toml", "/etc/godwit", "test-host")
+	if err != nil {
+		t.Fatalf("parse: got error\n%v\nwant none", err)
+	}
+	want := &Config{
+		Path:     "full.toml",
+		Node:     Node{Name: "edge-ams-2", Region: "ams"},
+		Listen:   Listen{HTTP: "0.0.0.0:80", HTTPS: "0.0.0.0:443", HTTP3: "0.0.0.0:443", Admin: "10.0.0.1:9091"},
+		TLS:      TLS{CertFile: "/etc/godwit/cert.pem", KeyFile: "/etc/godwit/key.pem"},
+		Log:      Log{Level: slog.LevelDebug, Format: "text", Access: false},
+		Admin:    Admin{TokenFile: "/etc/godwit/admin.token"},
+		Gossip:   Gossip{Bind: "10.0.0.1:7946", Advertise: "203.0.113.1:7946", Join: []string{"10.0.0.2:7946", "edge-fra-1.internal:7946"}, SecretKeyFile: "/etc/godwit/gossip.key"},
+		Backhaul: Backhaul{Listen: "10.0.0.1:4433"},
+		Proxy: Proxy{
+			ReadHeaderTimeout:   3 * time.Second,
+			IdleTimeout:         time.Minute,
+			MaxHeaderBytes:      65536,
+			ConnectTimeout:      1500 * time.Millisecond,
+			ConnectRetries:      0,
+			QueueTimeout:        0,
+			MaxQueue:            10,
+			UpstreamIdleTimeout: 4 * time.Second,
+			MaxIdlePerMachine:   8,
+			DrainTimeout:        time.Minute,
+		},
+		Apps: []App{
+			{
+				Name:          "web",
+				Hosts:         []string{"web.example.com", "www.example.com"},
+				Org:           "acme",
+				PrimaryRegion: "fra",
+				HTTPService: HTTPService{
+					InternalPort:       8080,
+					ForceHTTPS:         true,
+					AutoStopMachines:   AutoStopSuspend,
+					AutoStartMachines:  false,
+					MinMachinesRunning: 2,
+					Concurrency:        Concurrency{Type: ConcurrencyRequests, SoftLimit: 50, HardLimit: 60},
+					Checks: []Check{
+						{
+							GracePeriod:   5 * time.Second,
+							Interval:      10 * time.Second,
+							Timeout:       500 * time.Millisecond,
+							Method:        "HEAD",
+							Path:          "/healthz",
+							Protocol:      CheckHTTPS,
+							TLSServerName: "web.internal",
+							TLSSkipVerify: true,
+							Headers:       map[string]string{"X-Forwarded-Proto": "https", "Authorization": "Bearer x"},
+						},
+						{Interval: 15 * time.Second, Timeout: 2 * time.Second, Method: "GET", Path: "/ready", Protocol: CheckHTTP},
+					},
+					TCPChecks: []Check{{GracePeriod: time.Second, Interval: 20 * time.Second, Timeout: 3 * time.Second}},
+				},
+			},
+			{
+				Name:          "api",
+				Hosts:         []string{"api.example.com"},
+				Org:           "personal",
+				PrimaryRegion: "ams",
+				HTTPService: HTTPService{
+					AutoStopMachines:  AutoStopStop,
+					AutoStartMachines: true,
+					Concurrency:       Concurrency{Type: ConcurrencyConnections, SoftLimit: 20, HardLimit: 30},
+				},
+			},
+		},
+		Machines: []Machine{
+			{ID: "m-fra-1", App: "web", Region: "fra", Address: "10.0.1.1:8080", State: StateStopped,
+				Driver: Driver{Kind: DriverExec, Command: []string{"./web", "--port", "8080"}}},
+			{ID: "m-ams-1", App: "api", Region: "ams", Address: "[fd00::1]:8080", State: StateStarted,
+				Driver: Driver{Kind: DriverHTTP}},
+		},
+	}
+	compareConfig(t, got, want)
+}
+
+// compareConfig reports each part of the config that differs.
+func compareConfig(t *testing.T, got, want *Config) {
+	t.Helper()
+	gv, wv := reflect.ValueOf(*got), reflect.ValueOf(*want)
+	for i := range gv.NumField() {
+		name := gv.Type().Field(i).Name
+		g, w := gv.Field(i).Interface(), wv.Field(i).Interface()
+		if name == "Apps" || name == "Machines" {
+			gs, ws := gv.Field(i), wv.Field(i)
+			if gs.Len() != ws.Len() {
+				t.Errorf("%s: got %d, want %d", name, gs.Len(), ws.Len())
+				continue
+			}
+			for j := range gs.Len() {
+				if g, w := gs.Index(j).Interface(), ws.Index(j).Interface(); !reflect.DeepEqual(g, w) {
+					t.Errorf("%s[%d]:\ngot  %+v\nwant %+v", name, j, g, w)
+				}
+			}
+			continue
+		}
+		if !reflect.DeepEqual(g, w) {
+			t.Errorf("%s:\ngot  %+v\nwant %+v", name, g, w)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	appCheck := Check{Interval: 15 * time.Second, Timeout: 2 * time.Second, Method: "GET", Path: "/", Protocol: "http"}
+	tcpCheck := Check{Interval: 15 * time.Second, Timeout: 2 * time.Second}
+	flyService := HTTPService{
+		AutoStopMachines:  "off",
+		AutoStartMachines: true,
+		Concurrency:       Concurrency{Type: "connections", SoftLimit: 20, HardLimit: 0},
+	}
+	base := Config{
+		Path:   "d.toml",
+		Node:   Node{Name: "test-host", Region: "local"},
+		Listen: Listen{HTTP: "127.0.0.1:8080", Admin: "127.0.0.1:9090"},
+		Log:    Log{Level: slog.LevelInfo, Format: "json", Access: true},
+		Proxy: Proxy{
+			ReadHeaderTimeout:   10 * time.Second,
+			IdleTimeout:         120 * time.Second,
+			MaxHeaderBytes:      32 << 10,
+			ConnectTimeout:      5 * time.Second,
+			ConnectRetries:      2,
+			QueueTimeout:        10 * time.Second,
+			MaxQueue:            1024,
+			UpstreamIdleTimeout: 30 * time.Second,
+			MaxIdlePerMachine:   64,
+			DrainTimeout:        30 * time.Second,
+		},
+	}
+	with := func(f func(c *Config)) *Config {
+		c := base
+		f(&c)
+		return &c
+	}
+	tests := []struct {
+		name string
+		toml string
+		want *Config
+	}{
+		{"empty file", "", &base},
+		{"comments only", "# nothing\n\n", &base},
+		{"empty tables", "[node]\n[listen]\n[tls]\n[log]\n[admin]\n[gossip]\n[backhaul]\n[proxy]\n", &base},
+		{
+			"app and machine follow node region",
+			`
+[node]
+region = "iad"
+[[app]]
+name = "web"
+hosts = ["web.example.com"]
+[[machine]]
+id = "m1"
+app = "web"
+address = "127.0.0.1:3000"
+`,
+			with(func(c *Config) {
+				c.Node.Region = "iad"
+				c.Apps = []App{{Name: "web", Hosts: []string{"web.example.com"}, Org: "personal", PrimaryRegion: "iad", HTTPService: flyService}}
+				c.Machines = []Machine{{ID: "m1", App: "web", Region: "iad", Address: "127.0.0.1:3000", State: "started", Driver: Driver{Kind: "none"}}}
+			}),
+		},
+		{
+			"empty check tables",
+			`
+[[app]]
+name = "web"
+hosts = ["web.example.com"]
+[[app.http_service.checks]]
+[[app.http_service.tcp_checks]]
+[app.http_service.concurrency]
+`,
+			with(func(c *Config) {
+				svc := flyService
+				svc.Checks = []Check{appCheck}
+				svc.TCPChecks = []Check{tcpCheck}
+				c.Apps = []App{{Name: "web", Hosts: []string{"web.example.com"}, Org: "personal", PrimaryRegion: "local", HTTPService: svc}}
+			}),
+		},
+		{
+			"listeners turned off",
+			"[listen]\nhttp = \"\"\nadmin = \"\"\n",
+			with(func(c *Config) { c.Listen = Listen{} }),
+		},
+		{
+			"hard limit zero means none",
+			"[[app]]\nname = \"a\"\nhosts = [\"a\"]\n[app.http_service.concurrency]\nsoft_limit = 100\nhard_limit = 0\n",
+			with(func(c *Config) {
+				svc := flyService
+				svc.Concurrency.SoftLimit = 100
+				c.Apps = []App{{Name: "a", Hosts: []string{"a"}, Org: "personal", PrimaryRegion: "local", HTTPService: svc}}
+			}),
+		},
+		{
+			"auto_stop_machines false",
+			"[[app]]\nname = \"a\"\nhosts = [\"a\"]\n[app.http_service]\nauto_stop_machines = false\n",
+			with(func(c *Config) {
+				c.Apps = []App{{Name: "a", Hosts: []string{"a"}, Org: "personal", PrimaryRegion: "local", HTTPService: flyService}}
+			}),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parse([]byte(tt.toml), "d.toml", "", "test-host")
+			if err != nil {
+				t.Fatalf("got error\n%v\nwant none", err)
+			}
+			compareConfig(t, got, tt.want)
+		})
+	}
+}
+
+func TestParseUsesHostName(t *testing.T) {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		t.Skip("no host name")
+	}
+	cfg, err := Parse(nil, "embedded")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Node.Name != host {
+		t.Errorf("node name: got %q, want the host name %q", cfg.Node.Name, host)
+	}
+	if cfg.Path != "" {
+		t.Errorf("path: got %q, want \"\" for a parsed config", cfg.Path)
+	}
+}
+
+func TestDurations(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration
+	}{
+		{`"10s"`, 10 * time.Second},
+		{`"800ms"`, 800 * time.Millisecond},
+		{`"1m30s"`, 90 * time.Second},
+		{`"0s"`, 0},
+		{`0`, 0},
+		{`1500`, 1500 * time.Millisecond},
+		{`1_000`, time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			cfg, err := Parse([]byte("[proxy]\ndrain_timeout = "+tt.in+"\n"), "t.toml")
+			if err != nil {
+				t.Fatalf("got error %v, want none", err)
+			}
+			if got := cfg.Proxy.DrainTimeout; got != tt.want {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadResolvesPaths(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "godwit.toml")
+	data := `
+[tls]
+cert_file = "certs/cert.pem"
+key_file = "/abs/key.pem"
+[admin]
+token_file = "admin.token"
+[gossip]
+bind = "127.0.0.1:7946"
+secret_key_file = "../gossip.key"
+`
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatalf("Load: got error %v, want none", err)
+	}
+	for _, c := range []struct{ name, got, want string }{
+		{"path", cfg.Path, path},
+		{"tls.cert_file", cfg.TLS.CertFile, filepath.Join(dir, "certs/cert.pem")},
+		{"tls.key_file", cfg.TLS.KeyFile, "/abs/key.pem"},
+		{"admin.token_file", cfg.Admin.TokenFile, filepath.Join(dir, "admin.token")},
+		{"gossip.secret_key_file", cfg.Gossip.SecretKeyFile, filepath.Join(filepath.Dir(dir), "gossip.key")},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: got %q, want %q", c.name, c.got, c.want)
+		}
+	}
+
+	// Parse leaves relative paths alone.
+	pc, err := Parse([]byte(data), "embedded.toml")
+	if err != nil {
+		t.Fatalf("Parse: got error %v, want none", err)
+	}
+	if pc.TLS.CertFile != "certs/cert.pem" {
+		t.Errorf("Parse: tls.cert_file: got %q, want %q", pc.TLS.CertFile, "certs/cert.pem")
+	}
+}
+
+func TestLoadExample(t *testing.T) {
+	cfg, err := Load("testdata/example.toml")
+	if err != nil {
+		t.Fatalf("Load: got error\n%v\nwant none", err)
+	}
+	if got, want := len(cfg.Apps), 2; got != want {
+		t.Errorf("apps: got %d, want %d", got, want)
+	}
+	if got, want := len(cfg.Machines), 3; got != want {
+		t.Errorf("machines: got %d, want %d", got, want)
+	}
+	if got, want := cfg.Node.Region, "iad"; got != want {
+		t.Errorf("node.region: got %q, want %q", got, want)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.toml"))
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("got %v, want an error wrapping fs.ErrNotExist", err)
+	}
+	var errs Errors
+	if errors.As(err, &errs) {
+		t.Errorf("got Errors %v, want a read error", errs)
+	}
+}
+
+func TestLoadNotRegular(t *testing.T) {
+	_, err := Load(t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("got %v, want a \"not a regular file\" error", err)
+	}
+}
+
+func TestErrorString(t *testing.T) {
+	tests := []struct {
+		err  Error
+		want string
+	}{
+		{Error{File: "g.toml", Line: 3, Key: "node.name", Msg: "must be a string"}, "g.toml:3: node.name: must be a string"},
+		{Error{File: "g.toml", Line: 3, Msg: "bad"}, "g.toml:3: bad"},
+		{Error{File: "g.toml", Key: "k", Msg: "bad"}, "g.toml: k: bad"},
+		{Error{Msg: "bad"}, "bad"},
+	}
+	for _, tt := range tests {
+		if got := tt.err.Error(); got != tt.want {
+			t.Errorf("got %q, want %q", got, tt.want)
+		}
+	}
+	errs := Errors{tests[0].err, tests[1].err}
+	if got, want := errs.Error(), "g.toml:3: node.name: must be a string\ng.toml:3: bad"; got != want {
+		t.Errorf("Errors: got %q, want %q", got, want)
+	}
+	var e Error
+	if !errors.As(error(errs), &e) || e != tests[0].err {
+		t.Errorf("errors.As: got %v, want the first Error", e)
+	}
+}

@@ -1,0 +1,223 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// wantErr is one expected error: its exact line and key, and a part of its
+// message.
+type wantErr struct {
+	line int
+	key  string
+	msg  string
+}
+
+// checkErrors asserts that err is an Errors holding exactly want, in order.
+func checkErrors(t *testing.T, err error, file string, want []wantErr) {
+	t.Helper()
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("got error %v (%T), want Errors", err, err)
+	}
+	var b strings.Builder
+	for _, e := range errs {
+		fmt.Fprintf(&b, "\n\t%v", e)
+	}
+	if len(errs) != len(want) {
+		t.Fatalf("got %d errors:%s\nwant %d: %v", len(errs), b.String(), len(want), want)
+	}
+	for i, w := range want {
+		e := errs[i]
+		if e.File != file || e.Line != w.line || e.Key != w.key || !strings.Contains(e.Msg, w.msg) {
+			t.Errorf("error %d: got %s:%d: %s: %s\nwant %s:%d: %s: ...%s...", i, e.File, e.Line, e.Key, e.Msg, file, w.line, w.key, w.msg)
+		}
+	}
+}
+
+const minimalApp = "[[app]]\nname = \"web\"\nhosts = [\"web.example.com\"]\n"
+
+func TestErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		toml string
+		want []wantErr
+	}{
+		// TOML itself.
+		{"syntax: unclosed table", "[node]\nname = \"a\"\n[listen\n", []wantErr{{3, "", "expected ']'"}}},
+		{"syntax: unterminated string", "\n[node]\nname = \"a\n", []wantErr{{3, "", "new lines"}}},
+		{"syntax: duplicate key", "[node]\nname = \"a\"\nname = \"b\"\n", []wantErr{{3, "", "key name is already defined"}}},
+		{"syntax: duplicate table", "[node]\n[log]\n[node]\n", []wantErr{{3, "", "table node already exists"}}},
+		{"syntax: leading zero", "[proxy]\nmax_queue = 010\n", []wantErr{{2, "", "leading zero"}}},
+
+		// Unknown keys.
+		{"unknown table", "\n[nodes]\nname = \"a\"\n", []wantErr{{2, "nodes", `unknown key "nodes" (did you mean "node"?)`}}},
+		{"unknown key", "[node]\n\nnaem = \"a\"\n", []wantErr{{3, "node.naem", `(did you mean "name"?)`}}},
+		{"unknown top-level key", "verbose = true\n", []wantErr{{1, "verbose", `unknown key "verbose"`}}},
+		{"unknown dotted key", "node.zone = \"a\"\n", []wantErr{{1, "node.zone", `unknown key "zone"`}}},
+		{"unknown key in proxy", "[proxy]\nmax_queues = 3\n", []wantErr{{2, "proxy.max_queues", `did you mean "max_queue"?`}}},
+		{"unknown key in app", minimalApp + "hostz = []\n", []wantErr{{4, "app[0].hostz", `did you mean "hosts"?`}}},
+		{"unknown key in http_service", minimalApp + "[app.http_service]\nprocesses = [\"app\"]\n", []wantErr{{5, "app[0].http_service.processes", "unknown key"}}},
+		{"unknown key in concurrency", minimalApp + "[app.http_service.concurrency]\nsoft = 1\n", []wantErr{{5, "app[0].http_service.concurrency.soft", "unknown key"}}},
+		{"unknown key in check", minimalApp + "[[app.http_service.checks]]\nport = 80\n", []wantErr{{5, "app[0].http_service.checks[0].port", "unknown key"}}},
+		{"http key in tcp check", minimalApp + "[[app.http_service.tcp_checks]]\npath = \"/\"\n", []wantErr{{5, "app[0].http_service.tcp_checks[0].path", "unknown key"}}},
+		{"unknown key in machine", minimalApp + "[[machine]]\nid = \"m\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\nport = 1\n", []wantErr{{8, "machine[0].port", "unknown key"}}},
+		{"unknown key in driver", minimalApp + "[[machine]]\nid = \"m\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\nargs = []\n", []wantErr{{9, "machine[0].driver.args", "unknown key"}}},
+
+		// Types.
+		{"string for int", "[proxy]\nmax_queue = \"10\"\n", []wantErr{{2, "proxy.max_queue", "must be an integer, not a string"}}},
+		{"int for string", "[node]\nregion = 5\n", []wantErr{{2, "node.region", "must be a string, not an integer"}}},
+		{"string for bool", "[log]\naccess = \"yes\"\n", []wantErr{{2, "log.access", "must be a boolean, not a string"}}},
+		{"float for duration", "[proxy]\nidle_timeout = 1.5\n", []wantErr{{2, "proxy.idle_timeout", "must be a duration"}}},
+		{"value for table", "node = \"a\"\n", []wantErr{{1, "node", "must be a table, not a string"}}},
+		{"table for array of tables", "[app]\nname = \"a\"\n", []wantErr{{1, "app", "must be an array of tables ([[app]])"}}},
+		{"array of tables for table", "[[node]]\n", []wantErr{{1, "node", "must be a table, not an array of tables"}}},
+		{"string for hosts", "[[app]]\nname = \"a\"\nhosts = \"a.example\"\n", []wantErr{{3, "app[0].hosts", "must be an array of strings"}}},
+		{"int in hosts", "[[app]]\nname = \"a\"\nhosts = [\n  \"a.example\",\n  7,\n]\n", []wantErr{{5, "app[0].hosts[1]", "must be a string, not an integer"}}},
+		{"int in header", minimalApp + "[[app.http_service.checks]]\nheaders = { X-A = 1 }\n", []wantErr{{5, "app[0].http_service.checks[0].headers.X-A", "must be a string"}}},
+		{"date for auto_stop", minimalApp + "[app.http_service]\nauto_stop_machines = 2024-01-01\n", []wantErr{{5, "app[0].http_service.auto_stop_machines", "not a date-time"}}},
+		{"string in app array", "app = [\"web\"]\n", []wantErr{{1, "app[0]", "must be a table, not a string"}}},
+
+		// Limits.
+		{"hard below soft", minimalApp + "[app.http_service.concurrency]\nsoft_limit = 30\nhard_limit = 25\n", []wantErr{{6, "app[0].http_service.concurrency.hard_limit", "25 is below soft_limit 30 (line 5)"}}},
+		{"hard below default soft", minimalApp + "[app.http_service.concurrency]\nhard_limit = 10\n", []wantErr{{5, "app[0].http_service.concurrency.hard_limit", "below the default soft_limit 20"}}},
+		{"negative soft limit", minimalApp + "[app.http_service.concurrency]\nsoft_limit = -1\n", []wantErr{{5, "app[0].http_service.concurrency.soft_limit", "must not be negative"}}},
+		{"negative hard limit", minimalApp + "[app.http_service.concurrency]\nhard_limit = -5\n", []wantErr{{5, "app[0].http_service.concurrency.hard_limit", "must not be negative"}}},
+		{"negative min machines", minimalApp + "[app.http_service]\nmin_machines_running = -1\n", []wantErr{{5, "app[0].http_service.min_machines_running", "must not be negative"}}},
+		{"negative max_queue", "[proxy]\nmax_queue = -1\n", []wantErr{{2, "proxy.max_queue", "must not be negative"}}},
+		{"small max_header_bytes", "[proxy]\nmax_header_bytes = 10\n", []wantErr{{2, "proxy.max_header_bytes", "must be at least 1024"}}},
+		{"internal_port too big", minimalApp + "[app.http_service]\ninternal_port = 70000\n", []wantErr{{5, "app[0].http_service.internal_port", "at most 65535"}}},
+
+		// Uniqueness and references.
+		{"duplicate machine id", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:2\"\n",
+			[]wantErr{{9, "machine[1].id", `machine "m1" is already defined on line 5`}}},
+		{"machine of unknown app", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"wbe\"\naddress = \"127.0.0.1:1\"\n", []wantErr{{6, "machine[0].app", `no [[app]] is named "wbe"`}}},
+		{"duplicate app name", minimalApp + "[[app]]\nname = \"web\"\nhosts = [\"other.example.com\"]\n", []wantErr{{5, "app[1].name", `app "web" is already defined on line 2`}}},
+		{"host claimed twice", minimalApp + "[[app]]\nname = \"api\"\nhosts = [\"api.example.com\", \"WEB.example.com\"]\n",
+			[]wantErr{{6, "app[1].hosts[1]", `host "web.example.com" is already claimed by app "web" (line 3)`}}},
+		{"host listed twice", "[[app]]\nname = \"a\"\nhosts = [\"a.example\", \"A.example\"]\n", []wantErr{{3, "app[0].hosts[1]", "listed twice"}}},
+		{"host with port", "[[app]]\nname = \"a\"\nhosts = [\"a.example:8080\"]\n", []wantErr{{3, "app[0].hosts[0]", "must not have a port"}}},
+		{"host as URL", "[[app]]\nname = \"a\"\nhosts = [\"https://a.example\"]\n", []wantErr{{3, "app[0].hosts[0]", "not a URL"}}},
+		{"app without hosts", "[[app]]\nname = \"a\"\n", []wantErr{{1, "app[0].hosts", "at least one host"}}},
+		{"app with empty hosts", "[[app]]\nname = \"a\"\nhosts = []\n", []wantErr{{3, "app[0].hosts", "at least one host"}}},
+		{"inline app without hosts", "app = [\n  { name = \"a\" },\n]\n", []wantErr{{2, "app[0].hosts", "at least one host"}}},
+		{"app without name", "[[app]]\nhosts = [\"a\"]\n", []wantErr{{1, "app[0].name", "needs a name"}}},
+		{"machine without id, app, address", minimalApp + "\n[[machine]]\n", []wantErr{
+			{5, "machine[0].id", "needs an id"}, {5, "machine[0].app", "needs an app"}, {5, "machine[0].address", "needs an address"}}},
+		{"bad region", "[node]\nregion = \"i a d\"\n", []wantErr{{2, "node.region", "want letters"}}},
+
+		// Addresses.
+		{"listen without port", "[listen]\nhttp = \"localhost\"\n", []wantErr{{2, "listen.http", `bad address "localhost"`}}},
+		{"listen port too big", "[listen]\nhttps = \"127.0.0.1:65536\"\n", []wantErr{{2, "listen.https", "port number from 0 to 65535"}}},
+		{"listen named port", "[listen]\nhttp3 = \"127.0.0.1:https\"\n", []wantErr{{2, "listen.http3", "port number"}}},
+		{"two listeners on one address", "[listen]\nhttp = \"127.0.0.1:8000\"\nhttps = \"127.0.0.1:8000\"\n", []wantErr{{3, "listen.https", "also the address of listen.http (line 2)"}}},
+		{"listener on a default address", "[listen]\nhttps = \"127.0.0.1:9090\"\n", []wantErr{{2, "listen.https", "also the address of listen.admin (by default)"}}},
+		{"admin not loopback", "[listen]\nadmin = \"0.0.0.0:9090\"\n", []wantErr{{2, "listen.admin", "admin.token_file is required"}}},
+		{"machine address", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1\"\n", []wantErr{{7, "machine[0].address", "want host:port"}}},
+		{"machine address port 0", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:0\"\n", []wantErr{{7, "machine[0].address", "port 0"}}},
+		{"machine address without host", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \":80\"\n", []wantErr{{7, "machine[0].address", "want a host"}}},
+		{"gossip bind", "[gossip]\nbind = \"127.0.0.1:x\"\n", []wantErr{{2, "gossip.bind", "port number"}}},
+		{"gossip join", "[gossip]\nbind = \"127.0.0.1:7946\"\njoin = [\n  \"127.0.0.1:7947\",\n  \"peer\",\n]\n", []wantErr{{5, "gossip.join[1]", `bad address "peer"`}}},
+		{"gossip join without bind", "[gossip]\njoin = [\"127.0.0.1:7947\"]\n", []wantErr{{2, "gossip.join", "gossip.bind is required"}}},
+		{"gossip and backhaul clash", "[gossip]\nbind = \"127.0.0.1:7000\"\n[backhaul]\nlisten = \"127.0.0.1:7000\"\n", []wantErr{{4, "backhaul.listen", "also the address of gossip.bind (line 2)"}}},
+		{"backhaul", "[backhaul]\nlisten = \"127.0.0.1:99999\"\n", []wantErr{{2, "backhaul.listen", "port number"}}},
+
+		// Durations.
+		{"duration without unit", "[proxy]\nidle_timeout = \"30\"\n", []wantErr{{2, "proxy.idle_timeout", `bad duration "30"`}}},
+		{"duration garbage", minimalApp + "[[app.http_service.checks]]\ninterval = \"soon\"\n", []wantErr{{5, "app[0].http_service.checks[0].interval", `bad duration "soon"`}}},
+		{"negative duration", "[proxy]\nconnect_timeout = \"-1s\"\n", []wantErr{{2, "proxy.connect_timeout", "must not be negative"}}},
+		{"negative ms", "[proxy]\ndrain_timeout = -5\n", []wantErr{{2, "proxy.drain_timeout", "must not be negative"}}},
+		{"zero timeout", "[proxy]\nread_header_timeout = 0\n", []wantErr{{2, "proxy.read_header_timeout", "more than zero"}}},
+		{"zero check interval", minimalApp + "[[app.http_service.tcp_checks]]\ninterval = \"0s\"\n", []wantErr{{5, "app[0].http_service.tcp_checks[0].interval", "more than zero"}}},
+		{"huge ms", "[proxy]\ndrain_timeout = 9223372036854775807\n", []wantErr{{2, "proxy.drain_timeout", "too long"}}},
+
+		// Enums.
+		{"log level", "[log]\nlevel = \"verbose\"\n", []wantErr{{2, "log.level", `unknown value "verbose", want "debug", "info", "warn" or "error"`}}},
+		{"log level case", "[log]\nlevel = \"INFO\"\n", []wantErr{{2, "log.level", "unknown value"}}},
+		{"log format", "[log]\nformat = \"xml\"\n", []wantErr{{2, "log.format", `want "json" or "text"`}}},
+		{"concurrency type", minimalApp + "[app.http_service.concurrency]\ntype = \"reqs\"\n", []wantErr{{5, "app[0].http_service.concurrency.type", `want "connections" or "requests"`}}},
+		{"auto_stop_machines", minimalApp + "[app.http_service]\nauto_stop_machines = \"pause\"\n", []wantErr{{5, "app[0].http_service.auto_stop_machines", `unknown value "pause"`}}},
+		{"check protocol", minimalApp + "[[app.http_service.checks]]\nprotocol = \"tcp\"\n", []wantErr{{5, "app[0].http_service.checks[0].protocol", `want "http" or "https"`}}},
+		{"check path", minimalApp + "[[app.http_service.checks]]\npath = \"healthz\"\n", []wantErr{{5, "app[0].http_service.checks[0].path", "starting with /"}}},
+		{"check method", minimalApp + "[[app.http_service.checks]]\nmethod = \"GET /\"\n", []wantErr{{5, "app[0].http_service.checks[0].method", "bad method"}}},
+		{"machine state", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\nstate = \"running\"\n", []wantErr{{8, "machine[0].state", `want "started" or "stopped"`}}},
+		{"driver kind", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\ndriver = { kind = \"docker\" }\n", []wantErr{{8, "machine[0].driver.kind", `want "none", "exec" or "http"`}}},
+
+		// Drivers.
+		{"exec without command", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\nkind = \"exec\"\n", []wantErr{{9, "machine[0].driver.command", "needs a command"}}},
+		{"exec with empty command", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\nkind = \"exec\"\ncommand = []\n", []wantErr{{10, "machine[0].driver.command", "must name a program"}}},
+		{"command without exec", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\ncommand = [\"./app\"]\n", []wantErr{{9, "machine[0].driver.command", `driver.kind is "none"`}}},
+
+		// TLS.
+		{"cert without key", "[tls]\ncert_file = \"c.pem\"\n", []wantErr{{2, "tls.cert_file", "tls.key_file is required"}}},
+		{"key without cert", "[tls]\n\nkey_file = \"k.pem\"\n", []wantErr{{3, "tls.key_file", "tls.cert_file is required"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parse([]byte(tt.toml), "g.toml", "", "test-host")
+			if cfg != nil {
+				t.Errorf("got a config, want nil with errors")
+			}
+			checkErrors(t, err, "g.toml", tt.want)
+		})
+	}
+}
+
+// TestManyErrors checks that one file with many problems gets all of them,
+// sorted by line.
+func TestManyErrors(t *testing.T) {
+	const data = `[node]
+naem = "edge"
+[listen]
+http = "localhost"
+[log]
+level = "loud"
+[proxy]
+idle_timeout = "5 s"
+max_queue = -1
+[[app]]
+name = "web"
+hosts = ["Web.Example.com:80"]
+  [app.http_service.concurrency]
+  soft_limit = 30
+  hard_limit = 25
+[[app]]
+name = "web"
+hosts = []
+[[machine]]
+id = "m1"
+app = "nope"
+address = "x"
+state = "running"
+[[machine]]
+id = "m1"
+app = "web"
+address = "127.0.0.1:80"
+  [machine.driver]
+  kind = "exec"
+[extra]
+`
+	_, err := Parse([]byte(data), "many.toml")
+	checkErrors(t, err, "many.toml", []wantErr{
+		{2, "node.naem", "unknown key"},
+		{4, "listen.http", "bad address"},
+		{6, "log.level", "unknown value"},
+		{8, "proxy.idle_timeout", "bad duration"},
+		{9, "proxy.max_queue", "must not be negative"},
+		{12, "app[0].hosts[0]", "must not have a port"},
+		{15, "app[0].http_service.concurrency.hard_limit", "below soft_limit"},
+		{17, "app[1].name", "already defined on line 11"},
+		{18, "app[1].hosts", "at least one host"},
+		{21, "machine[0].app", "no [[app]]"},
+		{22, "machine[0].address", "bad address"},
+		{23, "machine[0].state", "unknown value"},
+		{25, "machine[1].id", "already defined on line 20"},
+		{29, "machine[1].driver.command", "needs a command"},
+		{30, "extra", "unknown key"},
+	})
+	if n := strings.Count(err.Error(), "\n") + 1; n != 15 {
+		t.Errorf("Error(): got %d lines, want 15, one per error", n)
+	}
+}

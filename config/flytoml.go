@@ -1,0 +1,36 @@
+package config
+
+// importFlyToml reads the fly.toml named by an app's fly_toml key (v) and
+// takes from it the [http_service] table and, unless the app sets its own
+// (regionSet), primary_region. Every other table of the fly.toml (app,
+// build, env, mounts, vm, services, ...) is ignored. Errors in the fly.toml
+// name that file and its line; a file that cannot be read is an error on
+// the fly_toml key.
+func (l *loader) importFlyToml(r *reader, v *value, a *App, regionSet bool) {
+	if v.str == "" {
+		r.errorf(v.line, "fly_toml", "must not be empty")
+		return
+	}
+	path := l.path(v.str)
+	data, err := readFile(path)
+	if err != nil {
+		r.errorf(v.line, "fly_toml", "%v", err)
+		return
+	}
+	tree, errs := parseTree(data, path)
+	if errs != nil {
+		*l.d.errs = append(*l.d.errs, errs...)
+		return
+	}
+	fl := &loader{
+		d:   &decoder{file: path, errs: l.d.errs},
+		dir: l.dir,
+		def: l.def,
+	}
+	fr := fl.d.root(tree)
+	if !regionSet {
+		fl.name(fr, "primary_region", &a.PrimaryRegion)
+	}
+	fl.httpService(fr.table("http_service"), &a.HTTPService, true)
+	// No fr.done(): the rest of the fly.toml is not godwit's.
+}

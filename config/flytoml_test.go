@@ -1,0 +1,211 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// A fly.toml as `fly launch` writes it, plus checks.
+const flyToml = `app = 'web-prod'
+primary_region = 'ord'
+
+[build]
+  image = 'registry.fly.io/web:latest'
+
+[env]
+  PORT = '8080'
+
+[http_service]
+  internal_port = 8080
+  force_https = true
+  auto_stop_machines = true
+  auto_start_machines = true
+  min_machines_running = 1
+  processes = ['app']
+
+  [http_service.concurrency]
+    type = 'requests'
+    soft_limit = 100
+    hard_limit = 150
+
+  [[http_service.checks]]
+    grace_period = '10s'
+    interval = 30000
+    method = 'get'
+    path = '/up'
+
+[[vm]]
+  memory = '1gb'
+  cpu_kind = 'shared'
+  cpus = 1
+
+[[services]]
+  internal_port = 9000
+  protocol = 'tcp'
+`
+
+// writeFiles writes name → contents under a new temporary directory and
+// returns it.
+func writeFiles(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, data := range files {
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestFlyTomlImport(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"etc/godwit.toml": `
+[node]
+region = "iad"
+[[app]]
+name = "web"
+hosts = ["web.example.com"]
+fly_toml = "../apps/web/fly.toml"
+[[app]]
+name = "own-region"
+hosts = ["own.example.com"]
+primary_region = "lhr"
+fly_toml = "../apps/web/fly.toml"
+[[app]]
+name = "no-service"
+hosts = ["bare.example.com"]
+fly_toml = "../apps/bare/fly.toml"
+`,
+		"apps/web/fly.toml":  flyToml,
+		"apps/bare/fly.toml": "app = 'bare'\n[[services]]\ninternal_port = 80\n",
+	})
+	cfg, err := Load(filepath.Join(dir, "etc/godwit.toml"))
+	if err != nil {
+		t.Fatalf("Load: got error\n%v\nwant none", err)
+	}
+	wantSvc := HTTPService{
+		InternalPort:       8080,
+		ForceHTTPS:         true,
+		AutoStopMachines:   AutoStopStop,
+		AutoStartMachines:  true,
+		MinMachinesRunning: 1,
+		Concurrency:        Concurrency{Type: ConcurrencyRequests, SoftLimit: 100, HardLimit: 150},
+		Checks: []Check{{
+			GracePeriod: 10 * time.Second,
+			Interval:    30 * time.Second,
+			Timeout:     2 * time.Second,
+			Method:      "GET",
+			Path:        "/up",
+			Protocol:    CheckHTTP,
+		}},
+	}
+	defaultSvc := HTTPService{
+		AutoStopMachines:  AutoStopOff,
+		AutoStartMachines: true,
+		Concurrency:       Concurrency{Type: ConcurrencyConnections, SoftLimit: 20},
+	}
+	tests := []struct {
+		app        int
+		wantRegion string
+		wantSvc    HTTPService
+	}{
+		{0, "ord", wantSvc},    // primary_region from the fly.toml
+		{1, "lhr", wantSvc},    // the app's own primary_region wins
+		{2, "iad", defaultSvc}, // no [http_service]: Fly's defaults
+	}
+	for _, tt := range tests {
+		a := cfg.Apps[tt.app]
+		if a.PrimaryRegion != tt.wantRegion {
+			t.Errorf("app %s: primary_region: got %q, want %q", a.Name, a.PrimaryRegion, tt.wantRegion)
+		}
+		if !reflect.DeepEqual(a.HTTPService, tt.wantSvc) {
+			t.Errorf("app %s: http_service:\ngot  %+v\nwant %+v", a.Name, a.HTTPService, tt.wantSvc)
+		}
+	}
+}
+
+func TestFlyTomlErrors(t *testing.T) {
+	tests := []struct {
+		name     string
+		godwit   string
+		fly      string
+		wantFile string // "godwit" or "fly"
+		want     []wantErr
+	}{
+		{
+			name:     "both fly_toml and http_service",
+			godwit:   "[[app]]\nname = \"web\"\nhosts = [\"w\"]\nfly_toml = \"fly.toml\"\n[app.http_service]\nforce_https = true\n",
+			fly:      flyToml,
+			wantFile: "godwit",
+			want:     []wantErr{{5, "app[0].http_service", "both fly_toml and [http_service]"}},
+		},
+		{
+			name:     "missing fly.toml",
+			godwit:   "[[app]]\nname = \"web\"\nhosts = [\"w\"]\nfly_toml = \"nope.toml\"\n",
+			wantFile: "godwit",
+			want:     []wantErr{{4, "app[0].fly_toml", "no such file"}},
+		},
+		{
+			name:     "syntax error in fly.toml",
+			godwit:   "[[app]]\nname = \"web\"\nhosts = [\"w\"]\nfly_toml = \"fly.toml\"\n",
+			fly:      "app = 'web'\n\n[http_service\n",
+			wantFile: "fly",
+			want:     []wantErr{{3, "", "expected ']'"}},
+		},
+		{
+			name:     "bad values in fly.toml",
+			godwit:   "[[app]]\nname = \"web\"\nhosts = [\"w\"]\nfly_toml = \"fly.toml\"\n",
+			fly:      "primary_region = 7\n[env]\nX = 1\n[http_service]\nauto_stop_machines = 'later'\nforce_htps = true\n[http_service.concurrency]\nsoft_limit = 10\nhard_limit = 5\n[[http_service.checks]]\ninterval = '1 minute'\n",
+			wantFile: "fly",
+			want: []wantErr{
+				{1, "primary_region", "must be a string"},
+				{5, "http_service.auto_stop_machines", `unknown value "later"`},
+				{6, "http_service.force_htps", `did you mean "force_https"?`},
+				{9, "http_service.concurrency.hard_limit", "below soft_limit 10 (line 8)"},
+				{11, "http_service.checks[0].interval", "bad duration"},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			files := map[string]string{"godwit.toml": tt.godwit}
+			if tt.fly != "" {
+				files["fly.toml"] = tt.fly
+			}
+			dir := writeFiles(t, files)
+			_, err := Load(filepath.Join(dir, "godwit.toml"))
+			file := filepath.Join(dir, "godwit.toml")
+			if tt.wantFile == "fly" {
+				file = filepath.Join(dir, "fly.toml")
+			}
+			checkErrors(t, err, file, tt.want)
+		})
+	}
+}
+
+// TestFlyTomlErrorsWithConfigErrors checks that errors of both files are
+// reported together, the config file's first.
+func TestFlyTomlErrorsWithConfigErrors(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"godwit.toml": "[[app]]\nname = \"web\"\nhosts = [\"w\"]\nfly_toml = \"fly.toml\"\n[log]\nlevel = \"x\"\n",
+		"fly.toml":    "[http_service]\nmin_machines_running = -1\n",
+	})
+	_, err := Load(filepath.Join(dir, "godwit.toml"))
+	errs, ok := err.(Errors)
+	if !ok || len(errs) != 2 {
+		t.Fatalf("got %v, want 2 errors", err)
+	}
+	if got, want := errs[0].Error(), filepath.Join(dir, "godwit.toml")+":6: log.level: "; got[:len(want)] != want {
+		t.Errorf("first error: got %q, want it to start %q", got, want)
+	}
+	if got, want := errs[1].Error(), filepath.Join(dir, "fly.toml")+":2: http_service.min_machines_running: "; got[:len(want)] != want {
+		t.Errorf("second error: got %q, want it to start %q", got, want)
+	}
+}

@@ -1,0 +1,189 @@
+package config
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Config is one node's validated configuration. Every other package receives
+// these typed values; none of them reads TOML, flags or the environment.
+// Zero values never reach callers: Load fills in every default.
+type Config struct {
+	// Path is the file the config was read from ("" for an embedded one).
+	Path string
+
+	Node     Node
+	Listen   Listen
+	TLS      TLS
+	Log      Log
+	Admin    Admin
+	Gossip   Gossip
+	Backhaul Backhaul
+	Proxy    Proxy
+	Apps     []App
+	Machines []Machine
+}
+
+// Node names this edge and the region it serves.
+type Node struct {
+	Name   string // default: the host name
+	Region string // default: "local"
+}
+
+// Listen holds listener addresses ("host:port"); an empty address means the
+// listener is off. Defaults: http 127.0.0.1:8080, admin 127.0.0.1:9090.
+type Listen struct {
+	HTTP  string // HTTP/1.1 and h2c
+	HTTPS string // TLS with HTTP/1.1 and HTTP/2 (ALPN)
+	HTTP3 string // QUIC; later issue
+	Admin string // /metrics, /healthz, /v1/...
+}
+
+// TLS names the certificate for listen.https. Both empty means a generated
+// self-signed certificate (with a warning in the log); one without the other
+// is an error. Relative paths in the file are resolved against the config
+// file's directory, as are admin.token_file and gossip.secret_key_file.
+type TLS struct {
+	CertFile string
+	KeyFile  string
+}
+
+// Log formats.
+const (
+	LogJSON = "json"
+	LogText = "text"
+)
+
+// Log configures structured logging.
+type Log struct {
+	Level  slog.Level // default info
+	Format string     // LogJSON (default) or LogText
+	Access bool       // one line per request; default true
+}
+
+// Admin protects the admin API. TokenFile is required when listen.admin is
+// not a loopback address.
+type Admin struct {
+	TokenFile string
+}
+
+// Gossip configures fleet membership (used from the fleet issue on). All
+// empty (the default) means no gossip.
+type Gossip struct {
+	Bind          string   // host:port to listen on (TCP and UDP)
+	Advertise     string   // host:port peers dial, when not Bind's
+	Join          []string // host:port of peers, retried until one answers
+	SecretKeyFile string   // base64 of a 16, 24 or 32 byte key
+}
+
+// Backhaul configures QUIC between edges (used from the fleet issue on).
+type Backhaul struct {
+	Listen string // host:port (UDP); empty (the default) means off
+}
+
+// Proxy holds the request-path limits and timeouts of the [proxy] table.
+// Each default is documented in README.md.
+type Proxy struct {
+	ReadHeaderTimeout   time.Duration // client must send all headers within this; default 10s
+	IdleTimeout         time.Duration // idle client keep-alive connections close after this; default 120s
+	MaxHeaderBytes      int           // request line plus headers; default 32 KiB, larger gets 431
+	ConnectTimeout      time.Duration // dialing a machine; default 5s
+	ConnectRetries      int           // other machines tried after a connect failure; default 2
+	QueueTimeout        time.Duration // wait for a slot when every machine is at hard limit; default 10s
+	MaxQueue            int           // waiters per app before 503 at once; default 1024
+	UpstreamIdleTimeout time.Duration // pooled idle upstream connections close after this; default 30s
+	MaxIdlePerMachine   int           // idle upstream connections kept per machine; default 64
+	DrainTimeout        time.Duration // in-flight requests get this long on shutdown; default 30s
+}
+
+// App is one application, selected by the Host header.
+type App struct {
+	Name          string   // unique
+	Hosts         []string // at least one; lower-case, without port; each claimed by one app
+	Org           string   // default "personal"
+	PrimaryRegion string   // default node.region
+	HTTPService   HTTPService
+}
+
+// Values of HTTPService.AutoStopMachines. The file may also say false (off)
+// or true (stop), as older fly.toml files do.
+const (
+	AutoStopOff     = "off"
+	AutoStopStop    = "stop"
+	AutoStopSuspend = "suspend"
+)
+
+// HTTPService mirrors fly.toml's [http_service] with Fly's defaults.
+type HTTPService struct {
+	InternalPort       int    // informational (from fly.toml); machines carry their address
+	ForceHTTPS         bool   // answer plain HTTP with 301 to https
+	AutoStopMachines   string // AutoStopOff (default), AutoStopStop, AutoStopSuspend
+	AutoStartMachines  bool   // default true
+	MinMachinesRunning int    // default 0
+	Concurrency        Concurrency
+	Checks             []Check // HTTP checks ([[app.http_service.checks]])
+	TCPChecks          []Check // TCP checks ([[app.http_service.tcp_checks]])
+}
+
+// Concurrency types.
+const (
+	ConcurrencyConnections = "connections"
+	ConcurrencyRequests    = "requests"
+)
+
+// Concurrency is a machine's load limits. HardLimit 0 means none (Fly's
+// default since 2024); SoftLimit defaults to 20.
+type Concurrency struct {
+	Type      string // ConcurrencyConnections (default) or ConcurrencyRequests
+	SoftLimit int
+	HardLimit int
+}
+
+// Check protocols.
+const (
+	CheckHTTP  = "http"
+	CheckHTTPS = "https"
+)
+
+// Check is one active health check. For TCP checks only GracePeriod,
+// Interval and Timeout apply.
+type Check struct {
+	GracePeriod   time.Duration     // default 0: check at once after start
+	Interval      time.Duration     // default 15s
+	Timeout       time.Duration     // default 2s
+	Method        string            // default GET; upper-cased
+	Path          string            // default "/"
+	Protocol      string            // CheckHTTP (default) or CheckHTTPS
+	TLSServerName string            // for https
+	TLSSkipVerify bool              // for https
+	Headers       map[string]string // sent with each check
+}
+
+// Machine states at start.
+const (
+	StateStarted = "started"
+	StateStopped = "stopped"
+)
+
+// Machine is one app machine this edge owns.
+type Machine struct {
+	ID      string // unique
+	App     string // the Name of one of Config.Apps
+	Region  string // default node.region
+	Address string // host:port the machine serves HTTP on
+	State   string // StateStarted (default) or StateStopped
+	Driver  Driver
+}
+
+// Driver kinds.
+const (
+	DriverNone = "none" // the machine is managed elsewhere; godwit only routes to it
+	DriverExec = "exec" // a local process
+	DriverHTTP = "http" // the Machines API
+)
+
+// Driver says how the machine is started and stopped (autostart issue).
+type Driver struct {
+	Kind    string   // DriverNone (default), DriverExec, DriverHTTP
+	Command []string // exec: argv, required for exec and only allowed there
+}
