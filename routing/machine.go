@@ -1,0 +1,127 @@
+package routing
+
+import (
+	"sync/atomic"
+
+	"github.com/godwit/godwit/config"
+)
+
+// Band is one of Fly's three load bands of a machine.
+type Band uint8
+
+// Load bands, best first.
+const (
+	BelowSoft Band = iota // eligible, preferred
+	AboveSoft             // at or over soft_limit: used only when no machine in the region is below soft
+	AtHard                // at hard_limit: no new request
+)
+
+func (b Band) String() string {
+	switch b {
+	case BelowSoft:
+		return "below_soft"
+	case AboveSoft:
+		return "above_soft"
+	default:
+		return "at_hard"
+	}
+}
+
+// Machine is the routing view of one app machine: its fixed identity and its
+// live state. The live fields are atomics, read on every pick without locks.
+// A Machine keeps its counters across table rebuilds (Table.Update reuses it
+// by id), so a config reload does not forget requests in flight.
+type Machine struct {
+	ID     string
+	App    string
+	Region string
+	Addr   string // host:port
+
+	soft     atomic.Int32 // soft limit; 0 means every request is over soft
+	hard     atomic.Int32 // hard limit; 0 means none
+	inflight atomic.Int32
+	healthy  atomic.Bool
+	started  atomic.Bool
+
+	queue *queue // the app's wait queue, shared by its machines
+}
+
+func newMachine(c config.Machine, conc config.Concurrency, q *queue) *Machine {
+	m := &Machine{ID: c.ID, App: c.App, Region: c.Region, Addr: c.Address, queue: q}
+	m.soft.Store(int32(conc.SoftLimit))
+	m.hard.Store(int32(conc.HardLimit))
+	m.healthy.Store(true)
+	m.started.Store(c.State != config.StateStopped)
+	return m
+}
+
+// Inflight is the number of slots currently held on the machine.
+func (m *Machine) Inflight() int { return int(m.inflight.Load()) }
+
+// SoftLimit and HardLimit return the machine's limits (0 hard means none).
+func (m *Machine) SoftLimit() int { return int(m.soft.Load()) }
+func (m *Machine) HardLimit() int { return int(m.hard.Load()) }
+
+// Healthy reports whether the machine passes its health checks.
+func (m *Machine) Healthy() bool { return m.healthy.Load() }
+
+// Started reports whether the machine is running.
+func (m *Machine) Started() bool { return m.started.Load() }
+
+// SetHealthy records a health transition. A machine that becomes healthy may
+// take requests waiting in its app's queue.
+func (m *Machine) SetHealthy(ok bool) {
+	if m.healthy.Swap(ok) != ok && ok {
+		m.queue.kick(m)
+	}
+}
+
+// SetStarted records a start or stop of the machine.
+func (m *Machine) SetStarted(ok bool) {
+	if m.started.Swap(ok) != ok && ok {
+		m.queue.kick(m)
+	}
+}
+
+// usable reports whether the machine may be picked at all (ignoring load).
+func (m *Machine) usable() bool { return m.started.Load() && m.healthy.Load() }
+
+// band returns the machine's load band for an in-flight count n.
+func (m *Machine) band(n int32) Band {
+	if h := m.hard.Load(); h > 0 && n >= h {
+		return AtHard
+	}
+	if n >= m.soft.Load() {
+		return AboveSoft
+	}
+	return BelowSoft
+}
+
+// Band returns the machine's current load band.
+func (m *Machine) Band() Band { return m.band(m.inflight.Load()) }
+
+// TryAcquire takes a concurrency slot unless the machine is at its hard
+// limit. It never lets the in-flight count exceed the hard limit.
+func (m *Machine) TryAcquire() bool {
+	for {
+		n := m.inflight.Load()
+		if h := m.hard.Load(); h > 0 && n >= h {
+			return false
+		}
+		if m.inflight.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// Acquire takes a slot whatever the limit says. It is for requests that
+// must reach this very machine (a later issue's forced instance); the pick
+// never uses it.
+func (m *Machine) Acquire() { m.inflight.Add(1) }
+
+// Release returns a slot taken by a pick, TryAcquire or Acquire, and hands
+// it to the oldest waiter of the app's queue if there is one.
+func (m *Machine) Release() {
+	m.inflight.Add(-1)
+	m.queue.kick(m)
+}
