@@ -1,0 +1,87 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/pprof"
+	"sort"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// MachineStatus is one machine in GET /v1/machines.
+type MachineStatus struct {
+	ID        string `json:"id"`
+	App       string `json:"app"`
+	Region    string `json:"region"`
+	Address   string `json:"address"`
+	State     string `json:"state"`  // "started" or "stopped"
+	Health    string `json:"health"` // "passing" or "failing"
+	Band      string `json:"band"`   // below_soft, above_soft, at_hard
+	Inflight  int    `json:"inflight"`
+	SoftLimit int    `json:"soft_limit"`
+	HardLimit int    `json:"hard_limit"` // 0: none
+	Queued    int    `json:"queued"`     // requests waiting for any machine of the app
+}
+
+// adminHandler serves the admin API: /metrics, /healthz, /v1/machines.
+func (s *Server) adminHandler(gatherer prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if s.handler.draining.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("draining\n"))
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	// Profiles are as sensitive as the admin API itself, which binds to
+	// loopback unless a token protects it.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /v1/machines", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, s.Machines())
+	})
+	return mux
+}
+
+// Machines lists every machine of the node with its live state, sorted by
+// app and id.
+func (s *Server) Machines() []MachineStatus {
+	var out []MachineStatus
+	for _, a := range s.table.Apps() {
+		for _, m := range a.Machines() {
+			st := MachineStatus{
+				ID: m.ID, App: a.Name, Region: m.Region, Address: m.Addr,
+				State: "stopped", Health: "failing", Band: m.Band().String(),
+				Inflight: m.Inflight(), SoftLimit: m.SoftLimit(), HardLimit: m.HardLimit(),
+				Queued: a.QueueLen(),
+			}
+			if m.Started() {
+				st.State = "started"
+			}
+			if m.Healthy() {
+				st.Health = "passing"
+			}
+			out = append(out, st)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].App != out[j].App {
+			return out[i].App < out[j].App
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

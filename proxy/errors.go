@@ -1,0 +1,69 @@
+package proxy
+
+import (
+	"net/http"
+	"strconv"
+)
+
+// Code is a stable proxy error code, in the spirit of Fly's PR/PA/PM codes.
+// Where a Fly code means the same thing, godwit uses it; the list with its
+// statuses is documented in README.md. Codes never change meaning.
+type Code string
+
+// Proxy error codes.
+const (
+	CodeUnknownHost     Code = "PH01" // 404: no app serves this Host
+	CodeNoMachine       Code = "PR01" // 503: no started, healthy machine
+	CodeRetriesFailed   Code = "PC07" // 502: every connect attempt to a machine failed
+	CodeConnectTimeout  Code = "PC05" // 504: connecting to the machine timed out (last attempt)
+	CodeUpstreamFailed  Code = "PU02" // 502: the machine broke the connection before a complete response head
+	CodeQueueTimeout    Code = "PL03" // 503: every machine stayed at hard_limit for the queue timeout
+	CodeQueueFull       Code = "PL04" // 503: too many requests already waiting for a machine
+	CodeDraining        Code = "PD01" // 503: the node is shutting down
+	CodeUpgradeRejected Code = "PU06" // 502: the protocol upgrade could not be tunnelled
+)
+
+var codeStatus = map[Code]int{
+	CodeUnknownHost:     http.StatusNotFound,
+	CodeNoMachine:       http.StatusServiceUnavailable,
+	CodeRetriesFailed:   http.StatusBadGateway,
+	CodeConnectTimeout:  http.StatusGatewayTimeout,
+	CodeUpstreamFailed:  http.StatusBadGateway,
+	CodeQueueTimeout:    http.StatusServiceUnavailable,
+	CodeQueueFull:       http.StatusServiceUnavailable,
+	CodeDraining:        http.StatusServiceUnavailable,
+	CodeUpgradeRejected: http.StatusBadGateway,
+}
+
+// Status is the HTTP status a client gets for the code.
+func (c Code) Status() int {
+	if s, ok := codeStatus[c]; ok {
+		return s
+	}
+	return http.StatusBadGateway
+}
+
+// HeaderError names the response header that carries a proxy error code, so
+// clients and load tools can tell godwit's errors from the app's.
+const HeaderError = "Godwit-Error"
+
+// writeError sends the one-line error page for code. msg is a short human
+// explanation (no secrets, no addresses of machines).
+func writeError(w http.ResponseWriter, code Code, requestID, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set(HeaderError, string(code))
+	body := "godwit " + string(code) + ": " + msg
+	if requestID != "" {
+		body += " (request " + requestID + ")"
+	}
+	body += "\n"
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	status := code.Status()
+	if code == CodeDraining || code == CodeQueueFull || code == CodeQueueTimeout {
+		h.Set("Retry-After", "1")
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(body))
+}

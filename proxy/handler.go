@@ -1,0 +1,597 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/godwit/godwit/config"
+	"github.com/godwit/godwit/routing"
+)
+
+// Handler is the request pipeline: host → app → machine → forward. It is
+// safe for concurrent use; every request reads the routing table's current
+// snapshot.
+type Handler struct {
+	table   *routing.Table
+	region  string
+	cfg     config.Proxy
+	log     *slog.Logger
+	access  bool
+	metrics *metrics
+	ids     *requestIDs
+	dialer  *net.Dialer
+	// markFailing is told about a machine whose connection failed on the
+	// request path (passive health); nil means nobody listens.
+	markFailing func(machineID string, err error)
+
+	pools    sync.Map // *routing.Machine → *upstream
+	tunnels  tunnels  // hijacked upgraded connections, closed on shutdown
+	draining atomic.Bool
+}
+
+// listenerInfo is what a request learns from the listener that took it.
+type listenerInfo struct {
+	proto string // "http" or "https"
+	port  string // the port clients connect to
+	ssl   string // "on" or "off"
+}
+
+// handlerFor binds the handler to one listener.
+func (h *Handler) handlerFor(li *listenerInfo) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.serve(w, r, li) })
+}
+
+// exchange is one request's state, for its log line and metrics.
+type exchange struct {
+	start     time.Time
+	requestID string
+	app       *routing.App
+	machine   *routing.Machine
+	status    int
+	code      Code
+	bytesOut  int64
+	queued    time.Duration
+	err       error
+	tunnelled bool // counted by Handler.tunnels until finished
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo) {
+	x := exchange{start: time.Now()}
+	x.requestID = h.ids.next(x.start)
+	w.Header()[hdrRequestIDResp] = []string{x.requestID}
+	defer h.finish(r, &x)
+
+	// Both framings at once is how requests get smuggled (RFC 9112 6.3):
+	// refuse rather than guess which one the machine would believe.
+	if len(r.TransferEncoding) > 0 && r.Header["Content-Length"] != nil {
+		x.status = http.StatusBadRequest
+		http.Error(w, "godwit: both Transfer-Encoding and Content-Length", x.status)
+		return
+	}
+
+	app := h.table.AppForHost(r.Host)
+	if app == nil {
+		h.fail(w, &x, CodeUnknownHost, "no app serves this host", nil)
+		return
+	}
+	x.app = app
+	if li.proto == "http" && app.Config.HTTPService.ForceHTTPS {
+		x.status = http.StatusMovedPermanently
+		http.Redirect(w, r, "https://"+r.Host+requestTarget(r), x.status)
+		return
+	}
+
+	m, code, err := h.pick(r.Context(), app, &x, nil)
+	if err != nil {
+		h.fail(w, &x, code, err.Error(), err)
+		return
+	}
+	x.machine = m
+	routed := time.Now()
+
+	fi := forwardInfo{
+		clientIP:  clientIP(r.RemoteAddr),
+		region:    h.region,
+		requestID: x.requestID,
+		proto:     li.proto,
+		port:      li.port,
+		ssl:       li.ssl,
+		via:       protoVersion(r) + " " + viaName,
+		chunked:   r.ContentLength < 0 || (len(r.TransferEncoding) > 0 && r.TransferEncoding[0] == "chunked"),
+	}
+	if up := upgradeType(r); up != "" {
+		fi.upgrade = up
+		h.tunnel(w, r, &x, &fi, routed)
+		return
+	}
+	h.forward(w, r, &x, &fi, routed)
+}
+
+// pick chooses a machine, waiting in the app's queue when every machine is
+// at its hard limit. exclude lists machines a retry must avoid.
+func (h *Handler) pick(ctx context.Context, app *routing.App, x *exchange, exclude []*routing.Machine) (*routing.Machine, Code, error) {
+	m, err := app.Pick(exclude...)
+	if errors.Is(err, routing.ErrAtCapacity) {
+		qs := time.Now()
+		m, err = app.Wait(ctx, h.cfg.QueueTimeout, h.cfg.MaxQueue)
+		x.queued += time.Since(qs)
+		h.metrics.queueWait.WithLabelValues(app.Name).Observe(x.queued.Seconds())
+		switch {
+		case errors.Is(err, routing.ErrQueueTimeout):
+			h.metrics.rejections.WithLabelValues(app.Name, "queue_timeout").Inc()
+			return nil, CodeQueueTimeout, fmt.Errorf("every machine of app %q stayed at its hard limit for %s", app.Name, h.cfg.QueueTimeout)
+		case errors.Is(err, routing.ErrQueueFull):
+			h.metrics.rejections.WithLabelValues(app.Name, "queue_full").Inc()
+			return nil, CodeQueueFull, fmt.Errorf("%d requests already wait for a machine of app %q", h.cfg.MaxQueue, app.Name)
+		case err != nil:
+			return nil, CodeNoMachine, fmt.Errorf("request ended while waiting: %w", err)
+		}
+	}
+	if err != nil {
+		return nil, CodeNoMachine, fmt.Errorf("no started, healthy machine for app %q", app.Name)
+	}
+	return m, "", nil
+}
+
+// upstreamFor returns the connection pool of a machine.
+func (h *Handler) upstreamFor(m *routing.Machine) *upstream {
+	if u, ok := h.pools.Load(m); ok {
+		return u.(*upstream)
+	}
+	u, _ := h.pools.LoadOrStore(m, newUpstream(m.Addr, h.dialer, h.cfg.MaxIdlePerMachine, h.cfg.UpstreamIdleTimeout))
+	return u.(*upstream)
+}
+
+// connect returns a connection to x.machine, retrying on other machines
+// when connecting fails: nothing has been written then, so any request may
+// go elsewhere. It updates x.machine and returns the last error when the
+// retry budget is spent.
+func (h *Handler) connect(ctx context.Context, x *exchange) (*upConn, bool, Code, error) {
+	var tried []*routing.Machine
+	for attempt := 0; ; attempt++ {
+		u := h.upstreamFor(x.machine)
+		if c := u.get(time.Now()); c != nil {
+			return c, true, "", nil
+		}
+		c, err := u.dial(ctx)
+		if err == nil {
+			return c, false, "", nil
+		}
+		if ctx.Err() != nil {
+			return nil, false, CodeUpstreamFailed, fmt.Errorf("client went away while connecting: %w", ctx.Err())
+		}
+		m := x.machine
+		h.metrics.retries.WithLabelValues(m.App, m.Region).Inc()
+		if h.markFailing != nil {
+			h.markFailing(m.ID, err)
+		}
+		h.log.Warn("machine connect failed", "machine", m.ID, "app", m.App, "request_id", x.requestID, "attempt", attempt+1, "err", err)
+		m.Release()
+		x.machine = nil
+		tried = append(tried, m)
+		code := CodeRetriesFailed
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			code = CodeConnectTimeout
+		}
+		if attempt >= h.cfg.ConnectRetries {
+			return nil, false, code, fmt.Errorf("could not connect to a machine of app %q after %d attempts", m.App, attempt+1)
+		}
+		next, pcode, perr := h.pick(ctx, x.app, x, tried)
+		if perr != nil {
+			if pcode == CodeNoMachine {
+				return nil, false, code, fmt.Errorf("could not connect to a machine of app %q and no other is usable", m.App)
+			}
+			return nil, false, pcode, perr
+		}
+		x.machine = next
+	}
+}
+
+// forward sends the request to x.machine and streams the response back.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, routed time.Time) {
+	ctx := r.Context()
+	c, reused, code, err := h.connect(ctx, x)
+	if err != nil {
+		h.fail(w, x, code, err.Error(), err)
+		return
+	}
+	upStart := time.Now()
+	resp, bodyDone, unwatch, err := h.roundTrip(ctx, w, r, c, fi)
+	if err != nil && reused && bodyDone == nil && ctx.Err() == nil && idempotent(r.Method) && isStaleConn(err) {
+		// The machine closed this idle connection as we wrote to it, before
+		// reading the request: it never saw it. Once more on a new one.
+		c.close()
+		c, err = h.upstreamFor(x.machine).dial(ctx)
+		if err == nil {
+			resp, bodyDone, unwatch, err = h.roundTrip(ctx, w, r, c, fi)
+		}
+	}
+	if err != nil {
+		if c != nil {
+			c.close()
+		}
+		if bodyDone != nil {
+			stopBodyWrite(w, c, bodyDone)
+		}
+		if ctx.Err() != nil {
+			x.err = ctx.Err()
+			x.status = 499 // client closed request (nginx's convention, logs only)
+			return
+		}
+		if h.markFailing != nil && isConnReset(err) {
+			h.markFailing(x.machine.ID, err)
+		}
+		h.fail(w, x, CodeUpstreamFailed, "the machine closed the connection before a complete response", err)
+		return
+	}
+	upDone := time.Now()
+
+	hdr := w.Header()
+	copyResponseHeader(hdr, resp.Header)
+	hdr[hdrRequestIDResp] = []string{x.requestID}
+	hdr[hdrVia] = appendVia(resp.Header[hdrVia], fi.via)
+	hdr[hdrServerTiming] = []string{serverTiming(routed.Sub(x.start)-x.queued, x.queued, upDone.Sub(upStart))}
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			keys = append(keys, k)
+		}
+		hdr["Trailer"] = keys
+	}
+	x.status = resp.StatusCode
+	w.WriteHeader(resp.StatusCode)
+
+	// Still watched: a client that goes away while the machine is still
+	// answering (a long poll, a quiet stream) ends the read from the
+	// machine too, so the machine sees its request end and the slot comes
+	// back.
+	n, rerr, werr := copyBody(w, resp.Body, flushEvery(resp))
+	watched := unwatch()
+	x.bytesOut = n
+	clean := rerr == nil && werr == nil && watched
+
+	if len(resp.Trailer) > 0 {
+		for k, vv := range resp.Trailer {
+			if len(resp.Trailer) != announced {
+				k = http.TrailerPrefix + k
+			}
+			hdr[k] = vv
+		}
+	}
+
+	if bodyDone != nil && awaitBodyWrite(w, c, bodyDone) != nil {
+		clean = false
+	}
+	if clean && !resp.Close && c.br.Buffered() == 0 && ctx.Err() == nil {
+		c.up.put(c, time.Now())
+	} else {
+		c.close()
+	}
+	switch {
+	case werr != nil:
+		x.err = werr // the client went away; nothing to tell it
+	case rerr != nil:
+		x.err = rerr
+		// Headers are out: the only honest signal left is a cut stream.
+		// What was copied goes out first (the head and the first bytes may
+		// still sit in the server's buffer), so the client sees the cut.
+		_ = http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// roundTrip writes the request on c and reads the response head. When the
+// request has a body it is written by a goroutine so that a machine may
+// answer while still reading (bodyDone reports its end, once).
+//
+// Until the caller calls unwatch, the end of ctx (the client went away)
+// fails every read and write on c; unwatch returns false if that happened,
+// and c must not be reused then. On error c is unwatched already and
+// unwatch is nil.
+func (h *Handler) roundTrip(ctx context.Context, w http.ResponseWriter, r *http.Request, c *upConn, fi *forwardInfo) (resp *http.Response, bodyDone chan error, unwatch func() bool, err error) {
+	unwatch = context.AfterFunc(ctx, func() { c.nc.SetDeadline(aLongTimeAgo) })
+	writeRequestHead(c.bw, r, fi)
+	if hasBody(r) {
+		// The response may start while the body is still being read.
+		// Without full duplex, net/http's HTTP/1 server would then take
+		// the body's lock and discard what it has not read yet, under
+		// the writer below. (HTTP/2 streams are full duplex already.)
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		bodyDone = make(chan error, 1)
+		go func() { bodyDone <- writeBody(c, r, fi.chunked) }()
+	} else if err = c.bw.Flush(); err != nil {
+		unwatch()
+		return nil, nil, nil, err
+	}
+	c.lim.N = maxResponseHeadBytes
+	defer func() { c.lim.N = math.MaxInt64 }()
+	for {
+		resp, err = http.ReadResponse(c.br, r)
+		if err != nil {
+			if c.lim.N <= 0 {
+				err = errResponseHeadTooLarge
+			}
+			unwatch()
+			return nil, bodyDone, nil, err
+		}
+		// 1xx informational answers (100 Continue, 103 Early Hints) are
+		// the machine's business with us; the client gets the final one.
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			continue
+		}
+		return resp, bodyDone, unwatch, nil
+	}
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+var errResponseHeadTooLarge = fmt.Errorf("response head larger than %d bytes", maxResponseHeadBytes)
+
+func hasBody(r *http.Request) bool {
+	return r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+}
+
+// writeBody streams the request body to the machine, with chunked framing
+// and trailers when its length is unknown.
+func writeBody(c *upConn, r *http.Request, chunked bool) error {
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	if chunked {
+		cw := httputil.NewChunkedWriter(c.bw)
+		if _, err := io.CopyBuffer(cw, onlyReader{r.Body}, *bufp); err != nil {
+			return err
+		}
+		if err := cw.Close(); err != nil {
+			return err
+		}
+		for k, vv := range r.Trailer {
+			for _, v := range vv {
+				writeHeader(c.bw, k, v)
+			}
+		}
+		c.bw.WriteString("\r\n")
+		return c.bw.Flush()
+	}
+	n, err := io.CopyBuffer(onlyWriter{c.bw}, onlyReader{r.Body}, *bufp)
+	if err != nil {
+		return err
+	}
+	if n != r.ContentLength {
+		return fmt.Errorf("request body was %d bytes, Content-Length said %d: %w", n, r.ContentLength, io.ErrUnexpectedEOF)
+	}
+	return c.bw.Flush()
+}
+
+// onlyReader and onlyWriter hide ReadFrom/WriteTo so io.CopyBuffer uses the
+// pooled buffer instead of allocating its own.
+type onlyReader struct{ io.Reader }
+type onlyWriter struct{ io.Writer }
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyBody streams the response body to the client. It returns the bytes
+// written and, separately, a read error (the machine failed) and a write
+// error (the client failed).
+func copyBody(w http.ResponseWriter, body io.Reader, flush bool) (n int64, rerr, werr error) {
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	buf := *bufp
+	var rc *http.ResponseController
+	if flush {
+		rc = http.NewResponseController(w)
+	}
+	for {
+		nr, err := body.Read(buf)
+		if nr > 0 {
+			nw, err := w.Write(buf[:nr])
+			n += int64(nw)
+			if err != nil {
+				return n, nil, err
+			}
+			if rc != nil {
+				if err := rc.Flush(); err != nil {
+					return n, nil, err
+				}
+			}
+		}
+		if err == io.EOF {
+			return n, nil, nil
+		}
+		if err != nil {
+			return n, err, nil
+		}
+	}
+}
+
+// flushEvery reports whether each chunk of the response must reach the
+// client at once: streams of unknown length and server-sent events.
+func flushEvery(resp *http.Response) bool {
+	if resp.ContentLength == -1 {
+		return true
+	}
+	ct := resp.Header.Get("Content-Type")
+	return len(ct) >= 17 && ct[:17] == "text/event-stream"
+}
+
+// bodyReadGrace is how long the request body writer of a closed machine
+// connection may stay blocked reading the client's body before that read
+// is ended.
+const bodyReadGrace = time.Second
+
+// awaitBodyWrite waits for the request body writer once the response has
+// been copied, and returns its error. Unless the machine answered early it
+// has read the whole body, and the writer is done or about to report it.
+// One still busy after bodyReadGrace (the machine is not reading, or the
+// client stopped sending) is stopped once the response is flushed: the
+// connection to the machine cannot carry another request then.
+func awaitBodyWrite(w http.ResponseWriter, c *upConn, bodyDone <-chan error) error {
+	select {
+	case err := <-bodyDone:
+		return err
+	default:
+	}
+	_ = http.NewResponseController(w).Flush()
+	t := time.NewTimer(bodyReadGrace)
+	defer t.Stop()
+	select {
+	case err := <-bodyDone:
+		return err
+	case <-t.C:
+	}
+	stopBodyWrite(w, c, bodyDone)
+	return errors.New("the machine answered before reading the whole request body")
+}
+
+// stopBodyWrite closes c, which fails the body writer's writes at once, and
+// waits for the writer. A read of the client's body that stays blocked for
+// bodyReadGrace (a client that stopped sending) is ended with a read
+// deadline, as a last resort: set after the body was read to its end, the
+// deadline would instead hit the server's background read of the client
+// connection and cancel the context of every later request on it.
+func stopBodyWrite(w http.ResponseWriter, c *upConn, bodyDone <-chan error) {
+	c.close()
+	t := time.NewTimer(bodyReadGrace)
+	defer t.Stop()
+	select {
+	case <-bodyDone:
+	case <-t.C:
+		unblockBodyRead(w)
+		<-bodyDone
+	}
+}
+
+// unblockBodyRead ends a pending read of the client's request body.
+func unblockBodyRead(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).SetReadDeadline(aLongTimeAgo)
+}
+
+func appendVia(prior []string, ours string) []string {
+	if len(prior) == 0 {
+		return []string{ours}
+	}
+	out := make([]string, 0, len(prior)+1)
+	return append(append(out, prior...), ours)
+}
+
+// serverTiming formats the phases in milliseconds, as the Server-Timing
+// header (W3C) wants them.
+func serverTiming(route, queue, upstream time.Duration) string {
+	var buf [96]byte
+	b := append(buf[:0], "route;dur="...)
+	b = strconv.AppendFloat(b, float64(route)/1e6, 'f', 3, 64)
+	b = append(b, ", queue;dur="...)
+	b = strconv.AppendFloat(b, float64(queue)/1e6, 'f', 3, 64)
+	b = append(b, ", upstream;dur="...)
+	b = strconv.AppendFloat(b, float64(upstream)/1e6, 'f', 3, 64)
+	return string(b)
+}
+
+func idempotent(method string) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS", "TRACE":
+		return true
+	}
+	return false
+}
+
+// isStaleConn reports an error that means the machine closed a pooled
+// connection without answering.
+func isStaleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err)
+}
+
+func isConnReset(err error) bool {
+	var ne *net.OpError
+	return errors.As(err, &ne) && !ne.Timeout()
+}
+
+func clientIP(remoteAddr string) string {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return remoteAddr
+	}
+	return host
+}
+
+// fail answers with a proxy error.
+func (h *Handler) fail(w http.ResponseWriter, x *exchange, code Code, msg string, err error) {
+	x.code = code
+	x.status = code.Status()
+	x.err = err
+	writeError(w, code, x.requestID, msg)
+}
+
+// finish releases the machine slot and records the request in metrics and
+// the access log. It runs even when the response was aborted.
+func (h *Handler) finish(r *http.Request, x *exchange) {
+	if x.tunnelled {
+		defer h.tunnels.done()
+	}
+	if x.machine != nil {
+		x.machine.Release()
+	}
+	appName, region := "", ""
+	if x.app != nil {
+		appName = x.app.Name
+	}
+	if x.machine != nil {
+		region = x.machine.Region
+	}
+	if x.status == 0 {
+		x.status = http.StatusBadGateway // aborted mid-response
+	}
+	d := time.Since(x.start)
+	h.metrics.requests.WithLabelValues(appName, region, codeClass(x.status)).Inc()
+	h.metrics.duration.WithLabelValues(appName, region).Observe(d.Seconds())
+	if !h.access && x.code == "" {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", x.requestID),
+		slog.String("app", appName),
+		slog.String("method", r.Method),
+		slog.String("host", r.Host),
+		slog.String("path", r.URL.Path),
+		slog.String("proto", r.Proto),
+		slog.Int("status", x.status),
+		slog.Int64("bytes", x.bytesOut),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+		slog.String("client_ip", clientIP(r.RemoteAddr)),
+	}
+	if x.machine != nil {
+		attrs = append(attrs, slog.String("machine", x.machine.ID), slog.String("region", region))
+	}
+	if x.code != "" {
+		attrs = append(attrs, slog.String("code", string(x.code)))
+	}
+	if x.err != nil {
+		attrs = append(attrs, slog.String("err", x.err.Error()))
+	}
+	level := slog.LevelInfo
+	if x.code != "" {
+		level = slog.LevelWarn
+	}
+	h.log.LogAttrs(context.Background(), level, "request", attrs...)
+}
+
+// bufferedConn reads through the hijacked connection's bufio.Reader.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }

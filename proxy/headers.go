@@ -1,0 +1,223 @@
+package proxy
+
+import (
+	"bufio"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// Header names the proxy sets or reads.
+const (
+	hdrFlyClientIP       = "Fly-Client-Ip"
+	hdrFlyRegion         = "Fly-Region"
+	hdrFlyRequestID      = "Fly-Request-Id"
+	hdrFlyForwardedProto = "Fly-Forwarded-Proto"
+	hdrFlyForwardedPort  = "Fly-Forwarded-Port"
+	hdrFlyForwardedSSL   = "Fly-Forwarded-Ssl"
+	hdrXForwardedFor     = "X-Forwarded-For"
+	hdrXForwardedProto   = "X-Forwarded-Proto"
+	hdrXForwardedPort    = "X-Forwarded-Port"
+	hdrXForwardedSSL     = "X-Forwarded-Ssl"
+	hdrVia               = "Via"
+	hdrServerTiming      = "Server-Timing"
+	hdrRequestIDResp     = "Fly-Request-Id"
+)
+
+// viaName is the pseudonym godwit writes into Via, after the protocol version.
+const viaName = "godwit"
+
+// hopHeaders are hop-by-hop headers (RFC 9110 section 7.6.1): they describe
+// one connection and are never forwarded.
+var hopHeaders = map[string]bool{
+	"Connection":          true,
+	"Proxy-Connection":    true,
+	"Keep-Alive":          true,
+	"Proxy-Authenticate":  true,
+	"Proxy-Authorization": true,
+	"Te":                  true,
+	"Trailer":             true,
+	"Transfer-Encoding":   true,
+	"Upgrade":             true,
+}
+
+// dropRequestHeader reports whether a client request header must not reach
+// the machine: hop-by-hop headers, framing the proxy redoes itself, and
+// every header the proxy owns (Fly-*, fly-replay-src and the X-Forwarded-*
+// it sets), so a client cannot spoof them. X-Forwarded-For and Via are not
+// dropped but appended to.
+func dropRequestHeader(k string) bool {
+	if hopHeaders[k] {
+		return true
+	}
+	switch k {
+	case "Content-Length", "Expect", hdrXForwardedFor, hdrVia,
+		hdrXForwardedProto, hdrXForwardedPort, hdrXForwardedSSL:
+		return true
+	}
+	return len(k) >= 4 && (k[:4] == "Fly-" || strings.EqualFold(k[:4], "fly-"))
+}
+
+// connectionTokens reports whether name is listed in the Connection header,
+// which makes it hop-by-hop too.
+func connectionListed(connection []string, name string) bool {
+	for _, v := range connection {
+		for v != "" {
+			var tok string
+			tok, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(tok), name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// protoVersion is the HTTP version as Via writes it ("1.1", "2", "3").
+func protoVersion(r *http.Request) string {
+	switch r.ProtoMajor {
+	case 2:
+		return "2"
+	case 3:
+		return "3"
+	}
+	if r.ProtoMinor == 0 {
+		return "1.0"
+	}
+	return "1.1"
+}
+
+// forwardInfo is what the proxy adds to a request it forwards.
+type forwardInfo struct {
+	clientIP  string
+	region    string // the accepting edge's
+	requestID string
+	proto     string // "http" or "https"
+	port      string // the port the client connected to
+	ssl       string // "on" or "off"
+	via       string // "1.1 godwit"
+	upgrade   string // non-empty: forward Connection: Upgrade with this Upgrade value
+	chunked   bool   // body framed with Transfer-Encoding: chunked
+}
+
+// writeRequestHead writes the request line and headers of r, rewritten for
+// the machine, to bw.
+func writeRequestHead(bw *bufio.Writer, r *http.Request, fi *forwardInfo) {
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(requestTarget(r))
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(r.Host)
+	bw.WriteString("\r\n")
+
+	connection := r.Header["Connection"]
+	for k, vv := range r.Header {
+		if dropRequestHeader(k) || (len(connection) > 0 && connectionListed(connection, k)) {
+			continue
+		}
+		for _, v := range vv {
+			writeHeader(bw, k, v)
+		}
+	}
+	if te := r.Header["Te"]; len(te) > 0 && teHasTrailers(te) {
+		writeHeader(bw, "Te", "trailers")
+	}
+
+	writeHeader(bw, hdrFlyClientIP, fi.clientIP)
+	writeHeader(bw, hdrFlyRegion, fi.region)
+	writeHeader(bw, hdrFlyRequestID, fi.requestID)
+	writeHeader(bw, hdrFlyForwardedProto, fi.proto)
+	writeHeader(bw, hdrFlyForwardedPort, fi.port)
+	writeHeader(bw, hdrFlyForwardedSSL, fi.ssl)
+	writeJoined(bw, hdrXForwardedFor, r.Header[hdrXForwardedFor], fi.clientIP)
+	writeHeader(bw, hdrXForwardedProto, fi.proto)
+	writeHeader(bw, hdrXForwardedPort, fi.port)
+	writeHeader(bw, hdrXForwardedSSL, fi.ssl)
+	writeJoined(bw, hdrVia, r.Header[hdrVia], fi.via)
+
+	if fi.upgrade != "" {
+		writeHeader(bw, "Connection", "Upgrade")
+		writeHeader(bw, "Upgrade", fi.upgrade)
+	}
+	switch {
+	case fi.chunked:
+		writeHeader(bw, "Transfer-Encoding", "chunked")
+		if len(r.Trailer) > 0 {
+			bw.WriteString("Trailer: ")
+			first := true
+			for k := range r.Trailer {
+				if !first {
+					bw.WriteString(", ")
+				}
+				bw.WriteString(k)
+				first = false
+			}
+			bw.WriteString("\r\n")
+		}
+	case r.ContentLength > 0 || r.Header["Content-Length"] != nil || methodExpectsBody(r.Method):
+		var buf [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(buf[:0], max(r.ContentLength, 0), 10))
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+func methodExpectsBody(m string) bool { return m == "POST" || m == "PUT" || m == "PATCH" }
+
+// requestTarget is the origin-form target (path and query) for the machine.
+// A client's absolute-form target (GET http://host/p) is reduced to its path.
+func requestTarget(r *http.Request) string {
+	if u := r.RequestURI; u != "" && (u[0] == '/' || u == "*") {
+		return u
+	}
+	return r.URL.RequestURI()
+}
+
+func writeHeader(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(v)
+	bw.WriteString("\r\n")
+}
+
+// writeJoined writes k with the client's values followed by ours, as one
+// comma-separated line (X-Forwarded-For and Via append, per RFC 7239/9110).
+func writeJoined(bw *bufio.Writer, k string, prior []string, ours string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	for _, v := range prior {
+		if v = strings.TrimSpace(v); v != "" {
+			bw.WriteString(v)
+			bw.WriteString(", ")
+		}
+	}
+	bw.WriteString(ours)
+	bw.WriteString("\r\n")
+}
+
+func teHasTrailers(te []string) bool {
+	for _, v := range te {
+		for v != "" {
+			var tok string
+			tok, v, _ = strings.Cut(v, ",")
+			tok, _, _ = strings.Cut(tok, ";")
+			if strings.EqualFold(strings.TrimSpace(tok), "trailers") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// copyResponseHeader copies the machine's response header to the client's,
+// without hop-by-hop headers.
+func copyResponseHeader(dst, src http.Header) {
+	connection := src["Connection"]
+	for k, vv := range src {
+		if hopHeaders[k] || (len(connection) > 0 && connectionListed(connection, k)) {
+			continue
+		}
+		dst[k] = vv
+	}
+}

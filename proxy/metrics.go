@@ -1,0 +1,102 @@
+package proxy
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/godwit/godwit/routing"
+)
+
+// metrics are the request path's Prometheus series. Labels stay bounded:
+// app, region (the machine's), code class and reason; never host or path.
+type metrics struct {
+	requests   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	rejections *prometheus.CounterVec
+	queueWait  *prometheus.HistogramVec
+	retries    *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "godwit_requests_total",
+			Help: "Requests answered, by app, machine region and status class (2xx..5xx).",
+		}, []string{"app", "region", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:                            "godwit_request_duration_seconds",
+			Help:                            "Time from request received to response finished, by app and machine region.",
+			Buckets:                         []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+			NativeHistogramBucketFactor:     1.1,
+			NativeHistogramMaxBucketNumber:  160,
+			NativeHistogramMinResetDuration: time.Hour,
+		}, []string{"app", "region"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "godwit_concurrency_rejections_total",
+			Help: "Requests refused because every machine stayed at its hard limit (reason queue_timeout) or the wait queue was full (queue_full).",
+		}, []string{"app", "reason"}),
+		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:                            "godwit_queue_wait_seconds",
+			Help:                            "Time requests waited for a machine below its hard limit, whatever the outcome.",
+			Buckets:                         []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+			NativeHistogramBucketFactor:     1.1,
+			NativeHistogramMaxBucketNumber:  160,
+			NativeHistogramMinResetDuration: time.Hour,
+		}, []string{"app"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "godwit_upstream_connect_failures_total",
+			Help: "Connections to machines that failed before the request was written (each is retried on another machine within the retry budget).",
+		}, []string{"app", "region"}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.rejections, m.queueWait, m.retries, &machineCollector{table: table})
+	return m
+}
+
+var codeClasses = [...]string{"1xx", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+func codeClass(status int) string {
+	if c := status / 100; c >= 1 && c <= 5 {
+		return codeClasses[c]
+	}
+	return strconv.Itoa(status)
+}
+
+// machineCollector reads the machines' live state at scrape time, so the
+// request path pays nothing for per-machine gauges.
+type machineCollector struct{ table *routing.Table }
+
+var (
+	descInflight = prometheus.NewDesc("godwit_machine_inflight",
+		"Requests in flight on the machine (its concurrency slots in use).", []string{"app", "region", "machine"}, nil)
+	descLimit = prometheus.NewDesc("godwit_machine_limit",
+		"The machine's concurrency limit; limit is soft or hard (hard 0 means none).", []string{"app", "region", "machine", "limit"}, nil)
+	descUp = prometheus.NewDesc("godwit_machine_up",
+		"1 when the machine is started and passes its health checks.", []string{"app", "region", "machine"}, nil)
+	descQueued = prometheus.NewDesc("godwit_queue_waiting",
+		"Requests waiting for a machine below its hard limit.", []string{"app"}, nil)
+)
+
+func (c *machineCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descInflight
+	ch <- descLimit
+	ch <- descUp
+	ch <- descQueued
+}
+
+func (c *machineCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, a := range c.table.Apps() {
+		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(a.QueueLen()), a.Name)
+		for _, m := range a.Machines() {
+			ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(m.Inflight()), a.Name, m.Region, m.ID)
+			ch <- prometheus.MustNewConstMetric(descLimit, prometheus.GaugeValue, float64(m.SoftLimit()), a.Name, m.Region, m.ID, "soft")
+			ch <- prometheus.MustNewConstMetric(descLimit, prometheus.GaugeValue, float64(m.HardLimit()), a.Name, m.Region, m.ID, "hard")
+			up := 0.0
+			if m.Started() && m.Healthy() {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, a.Name, m.Region, m.ID)
+		}
+	}
+}

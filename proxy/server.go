@@ -1,0 +1,268 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/godwit/godwit/config"
+	"github.com/godwit/godwit/health"
+	"github.com/godwit/godwit/routing"
+)
+
+// Server is one edge node: its listeners, routing table, health checker and
+// admin API. Build it with New, bind with Listen (optional: Run binds too)
+// and serve with Run.
+type Server struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	table   *routing.Table
+	health  *health.Checker
+	handler *Handler
+	reg     *prometheus.Registry
+
+	mu        sync.Mutex
+	listeners map[string]net.Listener // "http", "https", "admin"
+	tlsConf   *tls.Config
+}
+
+// New builds a node from validated config. Metrics go to reg (which /metrics
+// serves); log receives structured logs.
+func New(cfg *config.Config, log *slog.Logger, reg *prometheus.Registry) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	table := routing.NewTable(cfg.Node.Region, cfg.Apps, cfg.Machines)
+	s := &Server{cfg: cfg, log: log, table: table, reg: reg, listeners: make(map[string]net.Listener)}
+	s.health = health.NewChecker(log.With("component", "health"), reg, func(id string, passing bool, reason string) {
+		if m := table.Machine(id); m != nil {
+			m.SetHealthy(passing)
+		}
+	})
+	s.handler = &Handler{
+		table:       table,
+		region:      cfg.Node.Region,
+		cfg:         cfg.Proxy,
+		log:         log,
+		access:      cfg.Log.Access,
+		metrics:     newMetrics(reg, table),
+		ids:         newRequestIDs(cfg.Node.Region),
+		dialer:      &net.Dialer{Timeout: cfg.Proxy.ConnectTimeout, KeepAlive: 30 * time.Second},
+		markFailing: s.health.MarkFailing,
+	}
+	if cfg.Listen.HTTPS != "" {
+		tc, selfSigned, err := tlsConfig(cfg.TLS, cfg.Apps)
+		if err != nil {
+			return nil, err
+		}
+		if selfSigned {
+			log.Warn("no tls.cert_file given: serving a self-signed development certificate on listen.https; clients will not trust it")
+		}
+		s.tlsConf = tc
+	}
+	s.health.Set(healthTargets(cfg, time.Now()))
+	return s, nil
+}
+
+// healthTargets lists the started machines and their app's checks.
+func healthTargets(cfg *config.Config, now time.Time) []health.Target {
+	apps := make(map[string]config.App, len(cfg.Apps))
+	for _, a := range cfg.Apps {
+		apps[a.Name] = a
+	}
+	var ts []health.Target
+	for _, m := range cfg.Machines {
+		a := apps[m.App]
+		ts = append(ts, health.Target{
+			MachineID: m.ID, App: m.App, Addr: m.Address,
+			Checks: a.HTTPService.Checks, TCPChecks: a.HTTPService.TCPChecks,
+			Started: now,
+		})
+	}
+	return ts
+}
+
+// Table is the node's routing table.
+func (s *Server) Table() *routing.Table { return s.table }
+
+// Listen binds every configured listener. It is separate from Run so that
+// callers (tests, the demo) learn bound addresses, including port 0 ones,
+// before serving.
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range []struct{ name, addr string }{
+		{"http", s.cfg.Listen.HTTP}, {"https", s.cfg.Listen.HTTPS}, {"admin", s.cfg.Listen.Admin},
+	} {
+		if l.addr == "" || s.listeners[l.name] != nil {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			for _, o := range s.listeners {
+				o.Close()
+			}
+			clear(s.listeners)
+			return fmt.Errorf("listen.%s %s: %w", l.name, l.addr, err)
+		}
+		s.listeners[l.name] = ln
+	}
+	return nil
+}
+
+// Addr returns the bound address of listener "http", "https" or "admin",
+// or "" when it is off or not bound yet.
+func (s *Server) Addr(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ln := s.listeners[name]; ln != nil {
+		return ln.Addr().String()
+	}
+	return ""
+}
+
+// Run serves until ctx ends, then drains: listeners stop accepting, idle
+// connections close, and in-flight requests get proxy.drain_timeout to
+// finish. It returns nil after a clean drain.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	s.log.Info("godwit edge running", "node", s.cfg.Node.Name, "region", s.cfg.Node.Region,
+		"http", s.Addr("http"), "https", s.Addr("https"), "admin", s.Addr("admin"),
+		"apps", len(s.cfg.Apps), "machines", len(s.cfg.Machines))
+
+	healthCtx, stopHealth := context.WithCancel(context.Background())
+	defer stopHealth()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.health.Run(healthCtx) })
+	g.Go(func() error { s.janitor(gctx); return nil })
+
+	var servers []*http.Server
+	serve := func(name string, srv *http.Server, ln net.Listener) {
+		servers = append(servers, srv)
+		g.Go(func() error {
+			err := srv.Serve(ln)
+			if errors.Is(err, http.ErrServerClosed) {
+				return nil
+			}
+			return fmt.Errorf("serve %s: %w", name, err)
+		})
+	}
+	s.mu.Lock()
+	lns := s.listeners
+	s.mu.Unlock()
+	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
+	if ln := lns["http"]; ln != nil {
+		li := &listenerInfo{proto: "http", port: portOf(ln.Addr()), ssl: "off"}
+		srv := s.httpServer(s.handler.handlerFor(li), errLog)
+		srv.Protocols = new(http.Protocols)
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetUnencryptedHTTP2(true)
+		serve("http", srv, ln)
+	}
+	if ln := lns["https"]; ln != nil {
+		li := &listenerInfo{proto: "https", port: portOf(ln.Addr()), ssl: "on"}
+		srv := s.httpServer(s.handler.handlerFor(li), errLog)
+		srv.TLSConfig = s.tlsConf
+		serve("https", srv, tls.NewListener(ln, s.tlsConf))
+	}
+	var admin *http.Server
+	if ln := lns["admin"]; ln != nil {
+		admin = &http.Server{Handler: s.adminHandler(s.reg), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+		g.Go(func() error {
+			if err := admin.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve admin: %w", err)
+			}
+			return nil
+		})
+	}
+
+	<-gctx.Done()
+	s.handler.draining.Store(true)
+	s.log.Info("draining", "timeout", s.cfg.Proxy.DrainTimeout)
+	drainCtx, cancel := context.WithTimeout(context.Background(), s.cfg.Proxy.DrainTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var drainErr error
+	var drainMu sync.Mutex
+	for _, srv := range servers {
+		wg.Go(func() {
+			if err := srv.Shutdown(drainCtx); err != nil {
+				drainMu.Lock()
+				drainErr = errors.Join(drainErr, err)
+				drainMu.Unlock()
+				srv.Close()
+			}
+		})
+	}
+	wg.Wait()
+	s.handler.tunnels.closeAll()
+	s.handler.tunnels.wait()
+	if admin != nil {
+		admin.Close()
+	}
+	stopHealth()
+	s.handler.closePools()
+	err := g.Wait()
+	if drainErr != nil {
+		s.log.Warn("drain timeout passed with requests still in flight; they were cut", "timeout", s.cfg.Proxy.DrainTimeout)
+	} else {
+		s.log.Info("drained")
+	}
+	return err
+}
+
+func (s *Server) httpServer(h http.Handler, errLog *log.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: s.cfg.Proxy.ReadHeaderTimeout,
+		IdleTimeout:       s.cfg.Proxy.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.Proxy.MaxHeaderBytes,
+		ErrorLog:          errLog,
+	}
+}
+
+// janitor closes pooled upstream connections that stayed idle too long.
+func (s *Server) janitor(ctx context.Context) {
+	period := max(s.cfg.Proxy.UpstreamIdleTimeout/2, time.Second)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.handler.pools.Range(func(_, u any) bool {
+				u.(*upstream).closeIdle(now, false)
+				return true
+			})
+		}
+	}
+}
+
+// closePools closes every pooled upstream connection.
+func (h *Handler) closePools() {
+	h.pools.Range(func(_, u any) bool {
+		u.(*upstream).closeIdle(time.Time{}, true)
+		return true
+	})
+}
+
+func portOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return fmt.Sprint(ta.Port)
+	}
+	_, p, _ := net.SplitHostPort(a.String())
+	return p
+}

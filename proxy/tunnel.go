@@ -1,0 +1,203 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// upgradeType returns the protocol an HTTP/1.1 request asks to switch to
+// (Connection: upgrade plus Upgrade: websocket, say), or "".
+func upgradeType(r *http.Request) string {
+	if r.ProtoMajor != 1 {
+		return ""
+	}
+	up := r.Header.Get("Upgrade")
+	if up == "" || !connectionListed(r.Header["Connection"], "upgrade") {
+		return ""
+	}
+	return up
+}
+
+// tunnels tracks hijacked connections, each client's with its machine's,
+// so that shutdown can close them and wait for their handlers: the HTTP
+// server forgets a connection once it is hijacked.
+type tunnels struct {
+	mu    sync.Mutex
+	conns map[net.Conn]net.Conn // client → machine
+	shut  bool
+	wg    sync.WaitGroup // handlers between start and done
+}
+
+// start counts a handler about to hijack its connection for a tunnel;
+// false means the node is shutting down. After a true start the handler
+// must call done once it has finished.
+func (t *tunnels) start() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.shut {
+		return false
+	}
+	t.wg.Add(1)
+	return true
+}
+
+func (t *tunnels) done() { t.wg.Done() }
+
+// add registers both ends of a started tunnel; false means closeAll has
+// run already and the caller must close them itself.
+func (t *tunnels) add(client, machine net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.shut {
+		return false
+	}
+	if t.conns == nil {
+		t.conns = make(map[net.Conn]net.Conn)
+	}
+	t.conns[client] = machine
+	return true
+}
+
+func (t *tunnels) remove(client net.Conn) {
+	t.mu.Lock()
+	delete(t.conns, client)
+	t.mu.Unlock()
+}
+
+// closeAll closes both ends of every tunnel and refuses new ones.
+func (t *tunnels) closeAll() {
+	t.mu.Lock()
+	t.shut = true
+	conns := t.conns
+	t.conns = nil
+	t.mu.Unlock()
+	for client, machine := range conns {
+		client.Close()
+		machine.Close()
+	}
+}
+
+// wait returns once every started tunnel's handler has finished. Call it
+// after closeAll.
+func (t *tunnels) wait() { t.wg.Wait() }
+
+func (t *tunnels) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.conns)
+}
+
+// tunnel forwards an upgrade request on a fresh connection (never a pooled
+// one) and, when the machine answers 101, splices client and machine
+// together until either side closes. Any other answer is relayed as a
+// normal response and the connection is closed.
+func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, routed time.Time) {
+	ctx := r.Context()
+	c, reused, code, err := h.connect(ctx, x)
+	if err != nil {
+		h.fail(w, x, code, err.Error(), err)
+		return
+	}
+	if reused { // upgrades get a connection of their own
+		c.up.put(c, time.Now())
+		if c, err = c.up.dial(ctx); err != nil {
+			h.fail(w, x, CodeRetriesFailed, "could not connect to the machine", err)
+			return
+		}
+	}
+	defer c.close()
+	upStart := time.Now()
+	resp, bodyDone, unwatch, err := h.roundTrip(ctx, w, r, c, fi)
+	if bodyDone != nil {
+		defer stopBodyWrite(w, c, bodyDone)
+	}
+	if err != nil {
+		h.fail(w, x, CodeUpstreamFailed, "the machine closed the connection before a complete response", err)
+		return
+	}
+	defer unwatch()
+	upDone := time.Now()
+	hdr := w.Header()
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		copyResponseHeader(hdr, resp.Header)
+		hdr[hdrVia] = appendVia(resp.Header[hdrVia], fi.via)
+		hdr[hdrServerTiming] = []string{serverTiming(routed.Sub(x.start)-x.queued, x.queued, upDone.Sub(upStart))}
+		x.status = resp.StatusCode
+		w.WriteHeader(resp.StatusCode)
+		n, rerr, werr := copyBody(w, resp.Body, true)
+		x.bytesOut = n
+		if rerr != nil && werr == nil {
+			// As in forward: a cut response must reach the client cut.
+			x.err = rerr
+			_ = http.NewResponseController(w).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		return
+	}
+	if !strings.EqualFold(resp.Header.Get("Upgrade"), fi.upgrade) {
+		h.fail(w, x, CodeUpgradeRejected, "the machine switched to a protocol the client did not ask for", nil)
+		return
+	}
+	if !h.tunnels.start() {
+		h.fail(w, x, CodeDraining, "the node is shutting down", nil)
+		return
+	}
+	x.tunnelled = true // finish tells h.tunnels when the request is done
+	client, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		h.fail(w, x, CodeUpgradeRejected, "this connection cannot be upgraded", err)
+		return
+	}
+	defer client.Close()
+	if !h.tunnels.add(client, c.nc) {
+		return // shutting down
+	}
+	defer h.tunnels.remove(client)
+	x.status = http.StatusSwitchingProtocols
+
+	// The 101 head goes out as the machine wrote it, plus Via and our id.
+	resp.Header[hdrVia] = appendVia(resp.Header[hdrVia], fi.via)
+	resp.Header[hdrRequestIDResp] = []string{x.requestID}
+	resp.Body = nil
+	if err := resp.Write(brw); err != nil {
+		return
+	}
+	if err := brw.Flush(); err != nil {
+		return
+	}
+	client.SetDeadline(time.Time{})
+
+	// Bytes either side sent early may already sit in the bufio readers.
+	fromClient := bufferedConn{Conn: client, r: brw.Reader}
+	fromMachine := bufferedConn{Conn: c.nc, r: c.br}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		splice(c.nc, fromClient)
+	}()
+	n := splice(client, fromMachine)
+	x.bytesOut = n
+	// One direction ended: end the other too, and wait for it.
+	client.Close()
+	c.close()
+	<-done
+}
+
+// splice copies src to dst until either fails, then half-closes dst for
+// writing where it can so the peer sees the end.
+func splice(dst net.Conn, src io.Reader) int64 {
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	n, _ := io.CopyBuffer(onlyWriter{dst}, src, *bufp)
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	return n
+}
+
+var _ = bufio.NewReader
