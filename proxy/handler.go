@@ -158,11 +158,11 @@ func (h *Handler) upstreamFor(m *routing.Machine) *upstream {
 // when connecting fails: nothing has been written then, so any request may
 // go elsewhere. It updates x.machine and returns the last error when the
 // retry budget is spent.
-func (h *Handler) connect(ctx context.Context, x *exchange) (*upConn, bool, Code, error) {
+func (h *Handler) connect(ctx context.Context, x *exchange, retryable bool) (*upConn, bool, Code, error) {
 	var tried []*routing.Machine
 	for attempt := 0; ; attempt++ {
 		u := h.upstreamFor(x.machine)
-		if c := u.get(time.Now()); c != nil {
+		if c := u.get(time.Now(), retryable); c != nil {
 			return c, true, "", nil
 		}
 		c, err := u.dial(ctx)
@@ -203,7 +203,7 @@ func (h *Handler) connect(ctx context.Context, x *exchange) (*upConn, bool, Code
 // forward sends the request to x.machine and streams the response back.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, routed time.Time) {
 	ctx := r.Context()
-	c, reused, code, err := h.connect(ctx, x)
+	c, reused, code, err := h.connect(ctx, x, idempotent(r.Method) && !hasBody(r))
 	if err != nil {
 		h.fail(w, x, code, err.Error(), err)
 		return

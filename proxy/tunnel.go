@@ -98,7 +98,7 @@ func (t *tunnels) count() int {
 // normal response and the connection is closed.
 func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, routed time.Time) {
 	ctx := r.Context()
-	c, reused, code, err := h.connect(ctx, x)
+	c, reused, code, err := h.connect(ctx, x, false)
 	if err != nil {
 		h.fail(w, x, code, err.Error(), err)
 		return

@@ -54,8 +54,17 @@ func newUpstream(addr string, dialer *net.Dialer, maxIdle int, idleTimeout time.
 	return &upstream{addr: addr, dialer: dialer, maxIdle: maxIdle, idleTimeout: idleTimeout}
 }
 
-// get returns an idle connection that is still open, or nil.
-func (u *upstream) get(now time.Time) *upConn {
+// freshIdle is how long a pooled connection may sit idle and still be
+// handed to a retryable request without the liveness peek: a machine's
+// keep-alive timeout is seconds, and the rare connection it closes sooner
+// fails such a request before the machine read it, so the handler resends
+// it on a new connection. Skipping the peek saves a syscall per request.
+const freshIdle = time.Second
+
+// get returns an idle connection that is still open, or nil. retryable
+// says the caller can resend the request on a fresh connection if the
+// machine closed this one before reading it.
+func (u *upstream) get(now time.Time, retryable bool) *upConn {
 	for {
 		u.mu.Lock()
 		n := len(u.idle)
@@ -67,7 +76,8 @@ func (u *upstream) get(now time.Time) *upConn {
 		u.idle[n-1] = nil
 		u.idle = u.idle[:n-1]
 		u.mu.Unlock()
-		if now.Sub(c.since) < u.idleTimeout && c.alive() {
+		idle := now.Sub(c.since)
+		if idle < u.idleTimeout && ((retryable && idle < freshIdle && c.br.Buffered() == 0) || c.alive()) {
 			return c
 		}
 		c.nc.Close()

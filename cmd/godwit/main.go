@@ -122,6 +122,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // called once the listeners are bound.
 func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, ready func(*proxy.Server)) int {
 	log := newLogger(cfg.Log, logOut)
+	if os.Getenv("GOGC") == "" {
+		// A proxy's live heap is small and mostly per-request garbage:
+		// collecting at 4x the live heap instead of 2x halves GC work for a
+		// few MiB more memory. GOGC in the environment overrides it.
+		debug.SetGCPercent(400)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(cfg, log, reg)
