@@ -21,18 +21,23 @@ const (
 	CodeQueueFull       Code = "PL04" // 503: too many requests already waiting for a machine
 	CodeDraining        Code = "PD01" // 503: the node is shutting down
 	CodeUpgradeRejected Code = "PU06" // 502: the protocol upgrade could not be tunnelled
+	// 400: the request, or one before it on its connection, was framed
+	// ambiguously: both Content-Length and Transfer-Encoding, a folded
+	// header line, or chunked framing net/http could not follow.
+	CodeAmbiguousFraming Code = "PX01"
 )
 
 var codeStatus = map[Code]int{
-	CodeUnknownHost:     http.StatusNotFound,
-	CodeNoMachine:       http.StatusServiceUnavailable,
-	CodeRetriesFailed:   http.StatusBadGateway,
-	CodeConnectTimeout:  http.StatusGatewayTimeout,
-	CodeUpstreamFailed:  http.StatusBadGateway,
-	CodeQueueTimeout:    http.StatusServiceUnavailable,
-	CodeQueueFull:       http.StatusServiceUnavailable,
-	CodeDraining:        http.StatusServiceUnavailable,
-	CodeUpgradeRejected: http.StatusBadGateway,
+	CodeUnknownHost:      http.StatusNotFound,
+	CodeNoMachine:        http.StatusServiceUnavailable,
+	CodeRetriesFailed:    http.StatusBadGateway,
+	CodeConnectTimeout:   http.StatusGatewayTimeout,
+	CodeUpstreamFailed:   http.StatusBadGateway,
+	CodeQueueTimeout:     http.StatusServiceUnavailable,
+	CodeQueueFull:        http.StatusServiceUnavailable,
+	CodeDraining:         http.StatusServiceUnavailable,
+	CodeUpgradeRejected:  http.StatusBadGateway,
+	CodeAmbiguousFraming: http.StatusBadRequest,
 }
 
 // Status is the HTTP status a client gets for the code.

@@ -74,11 +74,15 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 	defer h.finish(r, &x)
 
 	// Both framings at once is how requests get smuggled (RFC 9112 6.3):
-	// refuse rather than guess which one the machine would believe.
-	if len(r.TransferEncoding) > 0 && r.Header["Content-Length"] != nil {
-		x.status = http.StatusBadRequest
-		http.Error(w, "godwit: both Transfer-Encoding and Content-Length", x.status)
-		return
+	// refuse rather than guess which one the machine would believe, and
+	// close the connection, whose later bytes are in doubt. net/http
+	// hides the Content-Length of such a request; its connection saw it.
+	if sc := smuggleConnFrom(r.Context()); sc != nil {
+		if reason, ok := sc.admit(); !ok {
+			w.Header().Set("Connection", "close")
+			h.fail(w, &x, CodeAmbiguousFraming, reason, nil)
+			return
+		}
 	}
 
 	app := h.table.AppForHost(r.Host)

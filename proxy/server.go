@@ -163,19 +163,26 @@ func (s *Server) Run(ctx context.Context) error {
 	lns := s.listeners
 	s.mu.Unlock()
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
+	// HTTP/1 connections are watched for request smuggling (smuggle.go):
+	// every client connection is a smuggleConn but those of HTTP/2 over
+	// TLS, so the https listener completes TLS handshakes itself to learn
+	// the protocol before net/http sees the connection.
 	if ln := lns["http"]; ln != nil {
 		li := &listenerInfo{proto: "http", port: portOf(ln.Addr()), ssl: "off"}
 		srv := s.httpServer(s.handler.handlerFor(li), errLog)
 		srv.Protocols = new(http.Protocols)
 		srv.Protocols.SetHTTP1(true)
 		srv.Protocols.SetUnencryptedHTTP2(true)
-		serve("http", srv, ln)
+		serve("http", srv, smuggleListener{ln, srv.MaxHeaderBytes})
 	}
 	if ln := lns["https"]; ln != nil {
 		li := &listenerInfo{proto: "https", port: portOf(ln.Addr()), ssl: "on"}
 		srv := s.httpServer(s.handler.handlerFor(li), errLog)
-		srv.TLSConfig = s.tlsConf
-		serve("https", srv, tls.NewListener(ln, s.tlsConf))
+		// Serve sets up HTTP/2 from (and writes to) its own copy; the
+		// listener's handshakes may already be reading s.tlsConf.
+		srv.TLSConfig = s.tlsConf.Clone()
+		tln := newTLSListener(ln, s.tlsConf, s.cfg.Proxy.ReadHeaderTimeout, s.log.With("listener", "https"))
+		serve("https", srv, smuggleListener{tln, srv.MaxHeaderBytes})
 	}
 	var admin *http.Server
 	if ln := lns["admin"]; ln != nil {
@@ -230,6 +237,7 @@ func (s *Server) httpServer(h http.Handler, errLog *log.Logger) *http.Server {
 		IdleTimeout:       s.cfg.Proxy.IdleTimeout,
 		MaxHeaderBytes:    s.cfg.Proxy.MaxHeaderBytes,
 		ErrorLog:          errLog,
+		ConnContext:       withSmuggleConn,
 	}
 }
 

@@ -154,6 +154,9 @@ func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, x *exchange, fi
 		return
 	}
 	defer client.Close()
+	if sc := smuggleConnFrom(ctx); sc != nil {
+		sc.stop() // no more HTTP/1 on it
+	}
 	if !h.tunnels.add(client, c.nc) {
 		return // shutting down
 	}
