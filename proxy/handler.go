@@ -57,6 +57,7 @@ func (h *Handler) handlerFor(li *listenerInfo) http.Handler {
 type exchange struct {
 	start     time.Time
 	requestID string
+	idHeader  []string // the Fly-Request-Id response header's value
 	app       *routing.App
 	machine   *routing.Machine
 	status    int
@@ -70,7 +71,8 @@ type exchange struct {
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo) {
 	x := exchange{start: time.Now()}
 	x.requestID = h.ids.next(x.start)
-	w.Header()[hdrRequestIDResp] = []string{x.requestID}
+	x.idHeader = []string{x.requestID}
+	w.Header()[hdrRequestIDResp] = x.idHeader
 	defer h.finish(r, &x)
 
 	// Both framings at once is how requests get smuggled (RFC 9112 6.3):
@@ -112,7 +114,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 		proto:     li.proto,
 		port:      li.port,
 		ssl:       li.ssl,
-		via:       protoVersion(r) + " " + viaName,
+		via:       viaValue(r),
 		chunked:   r.ContentLength < 0 || (len(r.TransferEncoding) > 0 && r.TransferEncoding[0] == "chunked"),
 	}
 	if up := upgradeType(r); up != "" {
@@ -245,9 +247,8 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 
 	hdr := w.Header()
 	copyResponseHeader(hdr, resp.Header)
-	hdr[hdrRequestIDResp] = []string{x.requestID}
-	hdr[hdrVia] = appendVia(resp.Header[hdrVia], fi.via)
-	hdr[hdrServerTiming] = []string{serverTiming(routed.Sub(x.start)-x.queued, x.queued, upDone.Sub(upStart))}
+	hdr[hdrRequestIDResp] = x.idHeader
+	setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, serverTiming(routed.Sub(x.start)-x.queued, x.queued, upDone.Sub(upStart)))
 	announced := len(resp.Trailer)
 	if announced > 0 {
 		keys := make([]string, 0, announced)
@@ -481,6 +482,20 @@ func stopBodyWrite(w http.ResponseWriter, c *upConn, bodyDone <-chan error) {
 // unblockBodyRead ends a pending read of the client's request body.
 func unblockBodyRead(w http.ResponseWriter) {
 	_ = http.NewResponseController(w).SetReadDeadline(aLongTimeAgo)
+}
+
+// setProxyHeaders sets Via (the machine's, with ours appended) and
+// Server-Timing on a response, from one small allocation.
+func setProxyHeaders(hdr http.Header, priorVia []string, via, timing string) {
+	if len(priorVia) > 0 {
+		hdr[hdrVia] = appendVia(priorVia, via)
+		hdr[hdrServerTiming] = []string{timing}
+		return
+	}
+	vals := make([]string, 2)
+	vals[0], vals[1] = via, timing
+	hdr[hdrVia] = vals[0:1:1]
+	hdr[hdrServerTiming] = vals[1:2:2]
 }
 
 func appendVia(prior []string, ours string) []string {

@@ -73,18 +73,19 @@ func connectionListed(connection []string, name string) bool {
 	return false
 }
 
-// protoVersion is the HTTP version as Via writes it ("1.1", "2", "3").
-func protoVersion(r *http.Request) string {
+// viaValue is this hop's Via entry: the client's HTTP version as Via
+// writes it ("1.1", "2", "3") and our pseudonym.
+func viaValue(r *http.Request) string {
 	switch r.ProtoMajor {
 	case 2:
-		return "2"
+		return "2 " + viaName
 	case 3:
-		return "3"
+		return "3 " + viaName
 	}
 	if r.ProtoMinor == 0 {
-		return "1.0"
+		return "1.0 " + viaName
 	}
-	return "1.1"
+	return "1.1 " + viaName
 }
 
 // forwardInfo is what the proxy adds to a request it forwards.

@@ -125,8 +125,8 @@ func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, x *exchange, fi
 	hdr := w.Header()
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		copyResponseHeader(hdr, resp.Header)
-		hdr[hdrVia] = appendVia(resp.Header[hdrVia], fi.via)
-		hdr[hdrServerTiming] = []string{serverTiming(routed.Sub(x.start)-x.queued, x.queued, upDone.Sub(upStart))}
+		hdr[hdrRequestIDResp] = x.idHeader
+		setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, serverTiming(routed.Sub(x.start)-x.queued, x.queued, upDone.Sub(upStart)))
 		x.status = resp.StatusCode
 		w.WriteHeader(resp.StatusCode)
 		n, rerr, werr := copyBody(w, resp.Body, true)
@@ -165,7 +165,7 @@ func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, x *exchange, fi
 
 	// The 101 head goes out as the machine wrote it, plus Via and our id.
 	resp.Header[hdrVia] = appendVia(resp.Header[hdrVia], fi.via)
-	resp.Header[hdrRequestIDResp] = []string{x.requestID}
+	resp.Header[hdrRequestIDResp] = x.idHeader
 	resp.Body = nil
 	if err := resp.Write(brw); err != nil {
 		return
