@@ -381,7 +381,10 @@ func TestHTTPSForwarding(t *testing.T) {
 	}
 }
 
-func TestWebSocket(t *testing.T) {
+// startEchoTunnel opens a WebSocket through a new proxy to a machine that
+// echoes; ended closes when the machine's handler returns.
+func startEchoTunnel(t *testing.T) (*testProxy, *websocket.Conn, <-chan struct{}) {
+	t.Helper()
 	ended := make(chan struct{})
 	echo := websocket.Handler(func(ws *websocket.Conn) {
 		defer close(ended)
@@ -398,12 +401,17 @@ func TestWebSocket(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dial proxy: %v", err)
 	}
-	defer nc.Close()
+	t.Cleanup(func() { nc.Close() })
 	nc.SetDeadline(time.Now().Add(20 * time.Second))
 	ws, err := websocket.NewClient(cfg, nc)
 	if err != nil {
 		t.Fatalf("websocket handshake through the proxy: got %v, want 101", err)
 	}
+	return p, ws, ended
+}
+
+func TestWebSocket(t *testing.T) {
+	p, ws, ended := startEchoTunnel(t)
 	for i := range 5 {
 		msg := fmt.Sprintf("message %d %s", i, strings.Repeat("x", i*1000))
 		if err := websocket.Message.Send(ws, msg); err != nil {
@@ -690,28 +698,7 @@ func grepLines(s, sub string) string {
 // TestShutdownClosesTunnels: a tunnel open at shutdown is closed, both
 // sides see the end, and no handler of the proxy outlives Run.
 func TestShutdownClosesTunnels(t *testing.T) {
-	ended := make(chan struct{})
-	echo := websocket.Handler(func(ws *websocket.Conn) {
-		defer close(ended)
-		io.Copy(ws, ws)
-	})
-	m := startMachine(t, "m1", echo.ServeHTTP, nil)
-	p := startProxy(t, oneApp("", []string{m.addr}))
-
-	cfg, err := websocket.NewConfig("ws://"+webHost+"/echo", "http://"+webHost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := net.Dial("tcp", p.httpAddr)
-	if err != nil {
-		t.Fatalf("dial proxy: %v", err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(20 * time.Second))
-	ws, err := websocket.NewClient(cfg, nc)
-	if err != nil {
-		t.Fatalf("websocket handshake through the proxy: got %v, want 101", err)
-	}
+	p, ws, ended := startEchoTunnel(t)
 	if err := websocket.Message.Send(ws, "ping"); err != nil {
 		t.Fatalf("send: %v", err)
 	}
