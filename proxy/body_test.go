@@ -6,7 +6,6 @@ import (
 	"hash/crc32"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	rtmetrics "runtime/metrics"
@@ -474,12 +473,7 @@ func TestExpectContinue(t *testing.T) {
 		fmt.Fprintf(w, "%s expect=%q", b, r.Header.Get("Expect"))
 	}, nil)
 	p := startProxy(t, oneApp("", []string{m.addr}))
-	nc, err := net.Dial("tcp", p.httpAddr)
-	if err != nil {
-		t.Fatalf("dial proxy: %v", err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	nc := dialProxy(t, p.httpAddr)
 	br := bufio.NewReader(nc)
 	io.WriteString(nc, "POST / HTTP/1.1\r\nHost: web.example.com\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
 	cont, err := http.ReadResponse(br, nil)

@@ -397,12 +397,7 @@ func startEchoTunnel(t *testing.T) (*testProxy, *websocket.Conn, <-chan struct{}
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := net.Dial("tcp", p.httpAddr)
-	if err != nil {
-		t.Fatalf("dial proxy: %v", err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	nc := dialProxy(t, p.httpAddr)
 	ws, err := websocket.NewClient(cfg, nc)
 	if err != nil {
 		t.Fatalf("websocket handshake through the proxy: got %v, want 101", err)
@@ -750,12 +745,7 @@ func TestShutdownStubbornTunnel(t *testing.T) {
 	})
 	p := startProxy(t, oneApp("", []string{m.addr}))
 
-	nc, err := net.Dial("tcp", p.httpAddr)
-	if err != nil {
-		t.Fatalf("dial proxy: %v", err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	nc := dialProxy(t, p.httpAddr)
 	io.WriteString(nc, "GET /t HTTP/1.1\r\nHost: web.example.com\r\nConnection: Upgrade\r\nUpgrade: x-stubborn\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
@@ -801,12 +791,7 @@ func TestClientGoneMidResponse(t *testing.T) {
     hard_limit = 1
 `, []string{m.addr}))
 
-	nc, err := net.Dial("tcp", p.httpAddr)
-	if err != nil {
-		t.Fatalf("dial proxy: %v", err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	nc := dialProxy(t, p.httpAddr)
 	io.WriteString(nc, "GET /poll HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
 	br := bufio.NewReader(nc)
 	resp, err := http.ReadResponse(br, nil)
@@ -850,12 +835,7 @@ func TestResponseShapes(t *testing.T) {
 	}, nil)
 	p := startProxy(t, oneApp("", []string{m.addr}))
 
-	nc, err := net.Dial("tcp", p.httpAddr)
-	if err != nil {
-		t.Fatalf("dial proxy: %v", err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	nc := dialProxy(t, p.httpAddr)
 	br := bufio.NewReader(nc)
 	for _, tc := range []struct {
 		method, target string

@@ -433,6 +433,19 @@ func deadAddr(t testing.TB) string {
 
 // rawExchange writes raw to the proxy's http listener and reads one
 // response, with a deadline.
+// dialProxy opens a raw client connection to addr, closed when the test
+// ends, with a 20 s deadline so a broken proxy fails the test, not hangs it.
+func dialProxy(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial proxy: %v", err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	return nc
+}
+
 func rawExchange(t testing.TB, addr, raw string) (*http.Response, string) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
