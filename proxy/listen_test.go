@@ -106,12 +106,14 @@ func TestTLSListenerSlowHandshake(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr, stop := startTLSListener(t, tc.timeout)
+			// Before the dial: the server's handshake timer starts at its
+			// accept, which may come before Dial returns here.
+			start := time.Now()
 			silent, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatalf("dial: %v", err)
 			}
 			defer silent.Close()
-			start := time.Now()
 			// Accepted after the silent client, so its handshake runs
 			// beside that one's.
 			tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
