@@ -96,14 +96,8 @@ const pickTries = 4
 // with its slot taken.
 func (a *App) pick(exclude []*Machine) *Machine {
 	for i := range a.regions {
-		for try := 0; try < pickTries; try++ {
-			m := a.regions[i].choose(exclude)
-			if m == nil {
-				break // nothing in the region can take a request
-			}
-			if m.TryAcquire() {
-				return m
-			}
+		if m := a.pickIn(&a.regions[i], exclude); m != nil {
+			return m
 		}
 	}
 	return nil
