@@ -12,15 +12,16 @@ type Code string
 
 // Proxy error codes.
 const (
-	CodeUnknownHost     Code = "PH01" // 404: no app serves this Host
-	CodeNoMachine       Code = "PR01" // 503: no started, healthy machine
-	CodeRetriesFailed   Code = "PC07" // 502: every connect attempt to a machine failed
-	CodeConnectTimeout  Code = "PC05" // 504: connecting to the machine timed out (last attempt)
-	CodeUpstreamFailed  Code = "PU02" // 502: the machine broke the connection before a complete response head
-	CodeQueueTimeout    Code = "PL03" // 503: every machine stayed at hard_limit for the queue timeout
-	CodeQueueFull       Code = "PL04" // 503: too many requests already waiting for a machine
-	CodeDraining        Code = "PD01" // 503: the node is shutting down
-	CodeUpgradeRejected Code = "PU06" // 502: the protocol upgrade could not be tunnelled
+	CodeUnknownHost         Code = "PH01" // 404: no app serves this Host
+	CodeNoMachine           Code = "PR01" // 503: no started, healthy machine
+	CodeRetriesFailed       Code = "PC07" // 502: every connect attempt to a machine failed
+	CodeConnectTimeout      Code = "PC05" // 504: connecting to the machine timed out (last attempt)
+	CodeUpstreamFailed      Code = "PU02" // 502: the machine broke the connection before a complete response head
+	CodeQueueTimeout        Code = "PL03" // 503: every machine stayed at hard_limit for the queue timeout
+	CodeQueueFull           Code = "PL04" // 503: too many requests already waiting for a machine
+	CodeDraining            Code = "PD01" // 503: the node is shutting down
+	CodeInstanceUnavailable Code = "PR02" // 503: a forced machine (fly-force-instance-id) is unknown, stopped or failing
+	CodeUpgradeRejected     Code = "PU06" // 502: the protocol upgrade could not be tunnelled
 	// 400: the request, or one before it on its connection, was framed
 	// ambiguously: both Content-Length and Transfer-Encoding, a folded
 	// header line, or chunked framing net/http could not follow.
@@ -28,16 +29,17 @@ const (
 )
 
 var codeStatus = map[Code]int{
-	CodeUnknownHost:      http.StatusNotFound,
-	CodeNoMachine:        http.StatusServiceUnavailable,
-	CodeRetriesFailed:    http.StatusBadGateway,
-	CodeConnectTimeout:   http.StatusGatewayTimeout,
-	CodeUpstreamFailed:   http.StatusBadGateway,
-	CodeQueueTimeout:     http.StatusServiceUnavailable,
-	CodeQueueFull:        http.StatusServiceUnavailable,
-	CodeDraining:         http.StatusServiceUnavailable,
-	CodeUpgradeRejected:  http.StatusBadGateway,
-	CodeAmbiguousFraming: http.StatusBadRequest,
+	CodeUnknownHost:         http.StatusNotFound,
+	CodeNoMachine:           http.StatusServiceUnavailable,
+	CodeRetriesFailed:       http.StatusBadGateway,
+	CodeConnectTimeout:      http.StatusGatewayTimeout,
+	CodeUpstreamFailed:      http.StatusBadGateway,
+	CodeQueueTimeout:        http.StatusServiceUnavailable,
+	CodeQueueFull:           http.StatusServiceUnavailable,
+	CodeDraining:            http.StatusServiceUnavailable,
+	CodeInstanceUnavailable: http.StatusServiceUnavailable,
+	CodeUpgradeRejected:     http.StatusBadGateway,
+	CodeAmbiguousFraming:    http.StatusBadRequest,
 }
 
 // Status is the HTTP status a client gets for the code.

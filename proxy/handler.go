@@ -12,11 +12,13 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/godwit/godwit/config"
+	"github.com/godwit/godwit/replay"
 	"github.com/godwit/godwit/routing"
 )
 
@@ -58,14 +60,19 @@ type exchange struct {
 	start     time.Time
 	requestID string
 	idHeader  []string // the Fly-Request-Id response header's value
-	app       *routing.App
-	machine   *routing.Machine
-	status    int
-	code      Code
-	bytesOut  int64
-	queued    time.Duration
-	err       error
-	tunnelled bool // counted by Handler.tunnels until finished
+	// constraints come from the client's routing headers (fly-prefer-region
+	// and friends); preferredUnavailable names a preferred instance that
+	// could not be had, for the machine's fly-preferred-instance-unavailable.
+	constraints          routing.Constraints
+	preferredUnavailable string
+	app                  *routing.App
+	machine              *routing.Machine
+	status               int
+	code                 Code
+	bytesOut             int64
+	queued               time.Duration
+	err                  error
+	tunnelled            bool // counted by Handler.tunnels until finished
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo) {
@@ -99,6 +106,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 		return
 	}
 
+	x.constraints = routingConstraints(r.Header, app)
 	m, code, err := h.pick(r.Context(), app, &x, nil)
 	if err != nil {
 		h.fail(w, &x, code, err.Error(), err)
@@ -117,6 +125,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 		via:       viaValue(r),
 		chunked:   r.ContentLength < 0 || (len(r.TransferEncoding) > 0 && r.TransferEncoding[0] == "chunked"),
 	}
+	fi.preferredUnavailable = x.preferredUnavailable
 	if up := upgradeType(r); up != "" {
 		fi.upgrade = up
 		h.tunnel(w, r, &x, &fi, routed)
@@ -128,10 +137,26 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 // pick chooses a machine, waiting in the app's queue when every machine is
 // at its hard limit. exclude lists machines a retry must avoid.
 func (h *Handler) pick(ctx context.Context, app *routing.App, x *exchange, exclude []*routing.Machine) (*routing.Machine, Code, error) {
-	m, err := app.Pick(exclude...)
+	c := x.constraints
+	if len(exclude) > 0 {
+		c.Exclude = append(c.Exclude[:len(c.Exclude):len(c.Exclude)], exclude...)
+	}
+	m, res, err := app.PickWith(c)
+	if res.PreferredUnavailable {
+		x.preferredUnavailable = c.PreferInstance
+	}
 	if errors.Is(err, routing.ErrAtCapacity) {
 		qs := time.Now()
-		m, err = app.Wait(ctx, h.cfg.QueueTimeout, h.cfg.MaxQueue)
+		deadline := qs.Add(h.cfg.QueueTimeout)
+		for {
+			m, err = app.Wait(ctx, time.Until(deadline), h.cfg.MaxQueue)
+			if err != nil || c.Allows(m) {
+				break
+			}
+			// The queue handed over a machine the request may not use (a
+			// forced region or instance): pass it on and wait again.
+			m.Release()
+		}
 		x.queued += time.Since(qs)
 		h.metrics.queueWait.WithLabelValues(app.Name).Observe(x.queued.Seconds())
 		switch {
@@ -145,10 +170,55 @@ func (h *Handler) pick(ctx context.Context, app *routing.App, x *exchange, exclu
 			return nil, CodeNoMachine, fmt.Errorf("request ended while waiting: %w", err)
 		}
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, routing.ErrInstanceUnavailable):
+		return nil, CodeInstanceUnavailable, fmt.Errorf("machine %q of app %q is not available", c.Instance, app.Name)
+	case err != nil && (len(c.Regions) > 0 && !c.AnyRegion):
+		return nil, CodeNoMachine, fmt.Errorf("no started, healthy machine for app %q in region %s", app.Name, strings.Join(c.Regions, ","))
+	case err != nil:
 		return nil, CodeNoMachine, fmt.Errorf("no started, healthy machine for app %q", app.Name)
 	}
 	return m, "", nil
+}
+
+// Fly's request routing headers (canonical forms).
+const (
+	hdrPreferRegion     = "Fly-Prefer-Region"
+	hdrForceRegion      = "Fly-Force-Region"
+	hdrPreferInstanceID = "Fly-Prefer-Instance-Id"
+	hdrForceInstanceID  = "Fly-Force-Instance-Id"
+)
+
+// routingConstraints reads Fly's request routing headers. fly-force-* have
+// no fallback; fly-prefer-* fall back to the nearest machine. Region lists
+// are in preference order and may use Fly's aliases (us, eu, any, ...).
+func routingConstraints(h http.Header, app *routing.App) routing.Constraints {
+	var c routing.Constraints
+	if v := h[hdrForceInstanceID]; len(v) > 0 {
+		c.Instance = strings.TrimSpace(v[0])
+	} else if v := h[hdrPreferInstanceID]; len(v) > 0 {
+		c.PreferInstance = strings.TrimSpace(v[0])
+	}
+	if v := h[hdrForceRegion]; len(v) > 0 {
+		c.Regions, c.AnyRegion = replay.ExpandRegions(splitList(v), app.Regions())
+	} else if v := h[hdrPreferRegion]; len(v) > 0 {
+		c.Regions, _ = replay.ExpandRegions(splitList(v), app.Regions())
+		c.AnyRegion = true
+	}
+	return c
+}
+
+// splitList splits comma-separated header values into lower-case items.
+func splitList(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for _, item := range strings.Split(v, ",") {
+			if item = strings.ToLower(strings.TrimSpace(item)); item != "" {
+				out = append(out, item)
+			}
+		}
+	}
+	return out
 }
 
 // upstreamFor returns the connection pool of a machine.

@@ -98,7 +98,10 @@ type forwardInfo struct {
 	ssl       string // "on" or "off"
 	via       string // "1.1 godwit"
 	upgrade   string // non-empty: forward Connection: Upgrade with this Upgrade value
-	chunked   bool   // body framed with Transfer-Encoding: chunked
+	// preferredUnavailable names the preferred machine that could not take
+	// the request (Fly's fly-preferred-instance-unavailable).
+	preferredUnavailable string
+	chunked              bool // body framed with Transfer-Encoding: chunked
 }
 
 // writeRequestHead writes the request line and headers of r, rewritten for
@@ -136,6 +139,9 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request, fi *forwardInfo) {
 	writeHeader(bw, hdrXForwardedSSL, fi.ssl)
 	writeJoined(bw, hdrVia, r.Header[hdrVia], fi.via)
 
+	if fi.preferredUnavailable != "" {
+		writeHeader(bw, "Fly-Preferred-Instance-Unavailable", fi.preferredUnavailable)
+	}
 	if fi.upgrade != "" {
 		writeHeader(bw, "Connection", "Upgrade")
 		writeHeader(bw, "Upgrade", fi.upgrade)

@@ -118,3 +118,29 @@ func (a *App) Regions() []string {
 	}
 	return out
 }
+
+// Allows reports whether m meets the hard constraints: the forced instance,
+// a region list without fallback, and the exclusions. A preferred instance
+// restricts nothing.
+func (c Constraints) Allows(m *Machine) bool {
+	if c.Instance != "" && m.ID != c.Instance {
+		return false
+	}
+	if excluded(m, c.Exclude) {
+		return false
+	}
+	if len(c.Regions) > 0 && !c.AnyRegion {
+		for _, r := range c.Regions {
+			if m.Region == r {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}
+
+// Zero reports whether c constrains nothing.
+func (c Constraints) Zero() bool {
+	return c.Instance == "" && c.PreferInstance == "" && len(c.Regions) == 0 && len(c.Exclude) == 0
+}
