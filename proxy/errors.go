@@ -20,6 +20,11 @@ const (
 	CodeQueueTimeout        Code = "PL03" // 503: every machine stayed at hard_limit for the queue timeout
 	CodeQueueFull           Code = "PL04" // 503: too many requests already waiting for a machine
 	CodeDraining            Code = "PD01" // 503: the node is shutting down
+	CodeReplayTooLarge      Code = "PA01" // 413: a replay was asked for but the body is over the replay buffer
+	CodeReplayLoop          Code = "PA02" // 502: more than 10 fly-replay answers in a chain
+	CodeReplayInvalid       Code = "PA03" // 502: the machine's fly-replay is malformed or contradictory
+	CodeReplayNoApp         Code = "PA04" // 502: fly-replay names an app this edge does not know
+	CodeReplayForbidden     Code = "PA05" // 502: fly-replay names an app of another organization
 	CodeInstanceUnavailable Code = "PR02" // 503: a forced machine (fly-force-instance-id) is unknown, stopped or failing
 	CodeUpgradeRejected     Code = "PU06" // 502: the protocol upgrade could not be tunnelled
 	// 400: the request, or one before it on its connection, was framed
@@ -38,6 +43,11 @@ var codeStatus = map[Code]int{
 	CodeQueueFull:           http.StatusServiceUnavailable,
 	CodeDraining:            http.StatusServiceUnavailable,
 	CodeInstanceUnavailable: http.StatusServiceUnavailable,
+	CodeReplayTooLarge:      http.StatusRequestEntityTooLarge,
+	CodeReplayLoop:          http.StatusBadGateway,
+	CodeReplayInvalid:       http.StatusBadGateway,
+	CodeReplayNoApp:         http.StatusBadGateway,
+	CodeReplayForbidden:     http.StatusBadGateway,
 	CodeUpgradeRejected:     http.StatusBadGateway,
 	CodeAmbiguousFraming:    http.StatusBadRequest,
 }

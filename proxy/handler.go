@@ -65,6 +65,7 @@ type exchange struct {
 	// could not be had, for the machine's fly-preferred-instance-unavailable.
 	constraints          routing.Constraints
 	preferredUnavailable string
+	replays              int // fly-replay answers followed so far
 	app                  *routing.App
 	machine              *routing.Machine
 	status               int
@@ -279,39 +280,69 @@ func (h *Handler) connect(ctx context.Context, x *exchange, retryable bool) (*up
 // forward sends the request to x.machine and streams the response back.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, routed time.Time) {
 	ctx := r.Context()
-	c, reused, code, err := h.connect(ctx, x, idempotent(r.Method) && !hasBody(r))
-	if err != nil {
-		h.fail(w, x, code, err.Error(), err)
-		return
+	// The body streams to the first machine while its start is kept, so a
+	// machine that answers fly-replay can have the request sent on whole.
+	var body *replay.Body
+	if hasBody(r) {
+		body = replay.NewBody(r.Body, r.ContentLength, replay.DefaultBodyLimit)
+		r.Body = body
 	}
-	upStart := time.Now()
-	resp, bodyDone, unwatch, err := h.roundTrip(ctx, w, r, c, fi)
-	if err != nil && reused && bodyDone == nil && ctx.Err() == nil && idempotent(r.Method) && isStaleConn(err) {
-		// The machine closed this idle connection as we wrote to it, before
-		// reading the request: it never saw it. Once more on a new one.
-		c.close()
-		c, err = h.upstreamFor(x.machine).dial(ctx)
-		if err == nil {
-			resp, bodyDone, unwatch, err = h.roundTrip(ctx, w, r, c, fi)
-		}
-	}
-	if err != nil {
-		if c != nil {
-			c.close()
-		}
-		if bodyDone != nil {
-			stopBodyWrite(w, c, bodyDone)
-		}
-		if ctx.Err() != nil {
-			x.err = ctx.Err()
-			x.status = 499 // client closed request (nginx's convention, logs only)
+	var (
+		c        *upConn
+		resp     *http.Response
+		bodyDone chan error
+		unwatch  func() bool
+		upStart  time.Time
+	)
+	for {
+		var (
+			reused bool
+			code   Code
+			err    error
+		)
+		c, reused, code, err = h.connect(ctx, x, idempotent(r.Method) && !hasBody(r))
+		if err != nil {
+			h.fail(w, x, code, err.Error(), err)
 			return
 		}
-		if h.markFailing != nil && isConnReset(err) {
-			h.markFailing(x.machine.ID, err)
+		upStart = time.Now()
+		resp, bodyDone, unwatch, err = h.roundTrip(ctx, w, r, c, fi)
+		if err != nil && reused && bodyDone == nil && ctx.Err() == nil && idempotent(r.Method) && isStaleConn(err) {
+			// The machine closed this idle connection as we wrote to it,
+			// before reading the request: it never saw it. Once more on a
+			// new one.
+			c.close()
+			c, err = h.upstreamFor(x.machine).dial(ctx)
+			if err == nil {
+				resp, bodyDone, unwatch, err = h.roundTrip(ctx, w, r, c, fi)
+			}
 		}
-		h.fail(w, x, CodeUpstreamFailed, "the machine closed the connection before a complete response", err)
-		return
+		if err != nil {
+			if c != nil {
+				c.close()
+			}
+			if bodyDone != nil {
+				stopBodyWrite(w, c, bodyDone)
+			}
+			if ctx.Err() != nil {
+				x.err = ctx.Err()
+				x.status = 499 // client closed request (nginx's convention, logs only)
+				return
+			}
+			if h.markFailing != nil && isConnReset(err) {
+				h.markFailing(x.machine.ID, err)
+			}
+			h.fail(w, x, CodeUpstreamFailed, "the machine closed the connection before a complete response", err)
+			return
+		}
+		ins, isReplay, perr := replayInstruction(resp)
+		if !isReplay {
+			break
+		}
+		finishReplayResponse(c, bodyDone, unwatch)
+		if !h.nextHop(w, r, x, fi, body, ins, perr) {
+			return
+		}
 	}
 	upDone := time.Now()
 

@@ -101,7 +101,9 @@ type forwardInfo struct {
 	// preferredUnavailable names the preferred machine that could not take
 	// the request (Fly's fly-preferred-instance-unavailable).
 	preferredUnavailable string
-	chunked              bool // body framed with Transfer-Encoding: chunked
+	// replaySrc is the fly-replay-src of a replayed request.
+	replaySrc string
+	chunked   bool // body framed with Transfer-Encoding: chunked
 }
 
 // writeRequestHead writes the request line and headers of r, rewritten for
@@ -139,6 +141,9 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request, fi *forwardInfo) {
 	writeHeader(bw, hdrXForwardedSSL, fi.ssl)
 	writeJoined(bw, hdrVia, r.Header[hdrVia], fi.via)
 
+	if fi.replaySrc != "" {
+		writeHeader(bw, "Fly-Replay-Src", fi.replaySrc)
+	}
 	if fi.preferredUnavailable != "" {
 		writeHeader(bw, "Fly-Preferred-Instance-Unavailable", fi.preferredUnavailable)
 	}

@@ -17,6 +17,7 @@ type metrics struct {
 	rejections *prometheus.CounterVec
 	queueWait  *prometheus.HistogramVec
 	retries    *prometheus.CounterVec
+	replays    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
@@ -50,6 +51,11 @@ func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
 			Help: "Connections to machines that failed before the request was written (each is retried on another machine within the retry budget).",
 		}, []string{"app", "region"}),
 	}
+	m.replays = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "godwit_replays_total",
+		Help: "fly-replay answers from machines, by app and outcome: replayed, or the error code that ended the request (PA01..PA05).",
+	}, []string{"app", "outcome"})
+	reg.MustRegister(m.replays)
 	reg.MustRegister(m.requests, m.duration, m.rejections, m.queueWait, m.retries, &machineCollector{table: table})
 	return m
 }

@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/godwit/godwit/replay"
+	"github.com/godwit/godwit/routing"
+)
+
+// maxReplays bounds a chain of fly-replay answers, as Fly does (PA02 after
+// 10).
+const maxReplays = 10
+
+// replayInstruction reports whether resp asks for a replay, and parses the
+// instruction: the fly-replay header, or the JSON body form. It reads (at
+// most replay.MaxJSONBytes of) the body only for the JSON form.
+func replayInstruction(resp *http.Response) (ins replay.Instruction, ok bool, err error) {
+	if v := resp.Header["Fly-Replay"]; len(v) > 0 {
+		ins, err = replay.ParseHeader(strings.Join(v, ";"))
+		return ins, true, err
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, replay.JSONContentType) {
+		return ins, false, nil
+	}
+	body, rerr := io.ReadAll(io.LimitReader(resp.Body, replay.MaxJSONBytes+1))
+	if rerr != nil {
+		return ins, true, fmt.Errorf("read the replay instruction: %w", rerr)
+	}
+	ins, err = replay.ParseJSON(body)
+	return ins, true, err
+}
+
+// replayTarget works out where a replay goes: the app (this one, or
+// another of the same org) and the constraints of the next pick. from is
+// the machine that asked for the replay.
+func (h *Handler) replayTarget(app *routing.App, from *routing.Machine, ins replay.Instruction) (*routing.App, routing.Constraints, Code, error) {
+	target := app
+	if ins.App != "" && ins.App != app.Name {
+		target = h.table.App(ins.App)
+		if target == nil {
+			return nil, routing.Constraints{}, CodeReplayNoApp, fmt.Errorf("fly-replay names app %q, which this edge does not know", ins.App)
+		}
+		if target.Org != app.Org {
+			return nil, routing.Constraints{}, CodeReplayForbidden, fmt.Errorf("fly-replay to app %q of another organization", ins.App)
+		}
+	}
+	var c routing.Constraints
+	c.Instance = ins.Instance
+	c.PreferInstance = ins.PreferInstance
+	if len(ins.Regions) > 0 {
+		c.Regions, c.AnyRegion = replay.ExpandRegions(ins.Regions, target.Regions())
+	}
+	if ins.Elsewhere && target == app {
+		c.Exclude = []*routing.Machine{from}
+	}
+	return target, c, "", nil
+}
+
+// finishReplayResponse discards the answer that asked for a replay (it never
+// reaches the client) and ends the attempt: the connection is closed and
+// the body writer stopped, keeping every byte it read for the next attempt.
+func finishReplayResponse(c *upConn, bodyDone <-chan error, unwatch func() bool) {
+	c.close() // the writer's pending write fails at once
+	if bodyDone != nil {
+		<-bodyDone
+	}
+	unwatch()
+}
+
+// replayFailure answers a replay that cannot go on.
+func (h *Handler) replayFailure(w http.ResponseWriter, x *exchange, code Code, msg string, err error) {
+	h.metrics.replays.WithLabelValues(x.app.Name, string(code)).Inc()
+	h.fail(w, x, code, msg, err)
+}
+
+// nextHop prepares the request for its next machine after a replay from
+// x.machine: the slot is given back, a machine is picked under the
+// instruction's constraints, and fly-replay-src is set. It answers the
+// client and returns false when the replay cannot go on.
+func (h *Handler) nextHop(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, body *replay.Body, ins replay.Instruction, perr error) bool {
+	if perr != nil {
+		h.log.Warn("invalid fly-replay from machine", "machine", x.machine.ID, "app", x.app.Name, "request_id", x.requestID, "err", perr)
+		h.replayFailure(w, x, CodeReplayInvalid, "the machine answered with an invalid fly-replay", perr)
+		return false
+	}
+	if x.replays >= maxReplays {
+		h.replayFailure(w, x, CodeReplayLoop, fmt.Sprintf("more than %d fly-replay answers in a chain", maxReplays), nil)
+		return false
+	}
+	if body != nil {
+		if err := body.Rewind(); err != nil {
+			h.replayFailure(w, x, CodeReplayTooLarge, fmt.Sprintf("the request body is over the %d-byte replay limit", replay.DefaultBodyLimit), err)
+			return false
+		}
+	}
+	target, c, code, err := h.replayTarget(x.app, x.machine, ins)
+	if err != nil {
+		h.replayFailure(w, x, code, err.Error(), err)
+		return false
+	}
+	from := x.machine
+	fi.replaySrc = replay.Src{Instance: from.ID, Region: from.Region, T: time.Now(), State: ins.State}.String()
+	from.Release()
+	x.machine = nil
+	h.metrics.replays.WithLabelValues(x.app.Name, "replayed").Inc()
+	x.app, x.constraints = target, c
+	x.replays++
+	m, pcode, perr2 := h.pick(r.Context(), target, x, nil)
+	if perr2 != nil {
+		h.fail(w, x, pcode, perr2.Error(), perr2)
+		return false
+	}
+	x.machine = m
+	fi.preferredUnavailable = x.preferredUnavailable
+	return true
+}

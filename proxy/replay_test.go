@@ -1,0 +1,166 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// echoMachine answers with what it received: method, body hash and length,
+// fly-replay-src and one client header.
+func echoMachine(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	fmt.Fprintf(w, "%s %d %x src=[%s] x=[%s]", r.Method, len(b), sha256.Sum256(b), r.Header.Get("Fly-Replay-Src"), r.Header.Get("X-Client"))
+}
+
+// replayer answers every request with the given fly-replay header, after
+// reading readBody bytes of the body (-1: all of it).
+func replayer(header string, readBody int) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if readBody < 0 {
+			io.Copy(io.Discard, r.Body)
+		} else {
+			io.CopyN(io.Discard, r.Body, int64(readBody))
+		}
+		w.Header().Set("Fly-Replay", header)
+		w.WriteHeader(http.StatusConflict)
+		io.WriteString(w, "<html>Replaying request</html>")
+	}
+}
+
+func TestReplay(t *testing.T) {
+	body := bytes.Repeat([]byte("godwit "), 20000) // 140 KB
+	wantEcho := func(method string, b []byte) string {
+		return fmt.Sprintf("%s %d %x", method, len(b), sha256.Sum256(b))
+	}
+	srcRe := regexp.MustCompile(`^instance=m1;region=iad;t=\d{16}(?:;state=(.*))?$`)
+
+	tests := []struct {
+		name       string
+		first      http.HandlerFunc // machine m1 (iad, nearest)
+		body       []byte
+		wantServer string // X-Machine of the final answer
+		wantState  string
+	}{
+		{name: "region, whole body read first", first: replayer("region=syd;state=abc", -1), body: body, wantServer: "m3", wantState: "abc"},
+		{name: "region, body not read first", first: replayer("region=syd", 0), body: body, wantServer: "m3"},
+		{name: "region, body half read first", first: replayer("region=syd", len(body)/2), body: body, wantServer: "m3"},
+		{name: "quoted region list with alias", first: replayer(`region="ord,eu";state="x=y;z"`, -1), body: body, wantServer: "m2", wantState: "x=y;z"},
+		{name: "instance", first: replayer("instance=m3", -1), wantServer: "m3"},
+		{name: "elsewhere in the same region", first: replayer("elsewhere=true;region=iad", -1), wantServer: "m4"},
+		{name: "JSON form", first: func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/vnd.fly.replay+json")
+			io.WriteString(w, `{"region":"fra","state":"json"}`)
+		}, body: []byte("small"), wantServer: "m2", wantState: "json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m1 := startMachine(t, "m1", tt.first, nil)
+			m2 := startMachine(t, "m2", echoMachine, nil)
+			m3 := startMachine(t, "m3", echoMachine, nil)
+			m4 := startMachine(t, "m4", echoMachine, nil)
+			p := startProxy(t, oneApp("", []string{m1.addr, m2.addr, m3.addr, m4.addr}, "iad", "fra", "syd", "iad"))
+			// m4 shares m1's region: pin the first hop to m1 (a forced
+			// instance constrains the first hop only, not the replay).
+			req := newRequest(t, http.MethodPost, p.url("/write"), webHost, bytes.NewReader(tt.body))
+			req.Header.Set("X-Client", "kept")
+			req.Header.Set("Fly-Force-Instance-Id", "m1")
+			r := do(newClient(t), req)
+			if r.err != nil || r.status != http.StatusOK {
+				t.Fatalf("got %d %q (err %v), want 200 from the replay target", r.status, r.body, r.err)
+			}
+			if got := r.header.Get("X-Machine"); got != tt.wantServer {
+				t.Fatalf("answered by %s, want %s", got, tt.wantServer)
+			}
+			if v := r.header.Get("Fly-Replay"); v != "" {
+				t.Errorf("client saw Fly-Replay %q, want it never shown", v)
+			}
+			if !strings.HasPrefix(r.body, wantEcho("POST", tt.body)) {
+				t.Errorf("target received %q, want the same method and body %q", r.body, wantEcho("POST", tt.body))
+			}
+			if !strings.Contains(r.body, "x=[kept]") {
+				t.Errorf("target did not get the client's header: %q", r.body)
+			}
+			src := r.body[strings.Index(r.body, "src=[")+5 : strings.Index(r.body, "] x=")]
+			m := srcRe.FindStringSubmatch(src)
+			if m == nil || m[1] != tt.wantState {
+				t.Errorf("fly-replay-src: got %q, want instance=m1;region=iad;t=<µs>;state=%s", src, tt.wantState)
+			}
+			if n := m1.requests.Load(); n != 1 {
+				t.Errorf("replaying machine saw %d requests, want 1", n)
+			}
+		})
+	}
+}
+
+func TestReplayFailures(t *testing.T) {
+	var hops atomic.Int64
+	loop := func(w http.ResponseWriter, r *http.Request) {
+		hops.Add(1)
+		replayer("elsewhere=true", -1)(w, r)
+	}
+	tests := []struct {
+		name    string
+		first   http.HandlerFunc
+		body    []byte
+		code    Code
+		targets int64 // requests the echo machine may see
+	}{
+		{name: "malformed", first: replayer(`region="iad`, -1), code: CodeReplayInvalid},
+		{name: "contradictory", first: replayer("instance=m2;prefer_instance=m3", -1), code: CodeReplayInvalid},
+		{name: "unknown app", first: replayer("app=nope", -1), code: CodeReplayNoApp},
+		{name: "app of another org", first: replayer("app=secret", -1), code: CodeReplayForbidden},
+		{name: "body over the replay limit", first: replayer("region=syd", -1), body: bytes.Repeat([]byte("x"), 2<<20), code: CodeReplayTooLarge},
+		{name: "region without machines", first: replayer("region=ord", -1), code: CodeNoMachine},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m1 := startMachine(t, "m1", tt.first, nil)
+			m2 := startMachine(t, "m2", echoMachine, nil)
+			other := startMachine(t, "s1", echoMachine, nil)
+			p := startProxy(t, oneApp("", []string{m1.addr, m2.addr}, "iad", "syd")+fmt.Sprintf(`
+[[app]]
+name  = "secret"
+org   = "other-org"
+hosts = ["secret.test"]
+[[machine]]
+id      = "s1"
+app     = "secret"
+address = %q
+`, other.addr))
+			req := newRequest(t, http.MethodPost, p.url("/"), webHost, bytes.NewReader(tt.body))
+			req.Header.Set("Fly-Force-Instance-Id", "m1")
+			wantProxyError(t, do(newClient(t), req), tt.code)
+			if n := m2.requests.Load() + other.requests.Load(); n != tt.targets {
+				t.Errorf("replay targets saw %d requests, want %d", n, tt.targets)
+			}
+		})
+	}
+
+	t.Run("a chain longer than 10", func(t *testing.T) {
+		a := startMachine(t, "m1", loop, nil)
+		b := startMachine(t, "m2", loop, nil)
+		p := startProxy(t, oneApp("", []string{a.addr, b.addr}))
+		wantProxyError(t, do(newClient(t), newRequest(t, http.MethodGet, p.url("/"), webHost, nil)), CodeReplayLoop)
+		if n := hops.Load(); n != 11 {
+			t.Errorf("machines answered %d times, want 11 (the request and 10 replays)", n)
+		}
+	})
+
+	t.Run("large body without a replay still streams", func(t *testing.T) {
+		m := startMachine(t, "m1", echoMachine, nil)
+		p := startProxy(t, oneApp("", []string{m.addr}))
+		big := bytes.Repeat([]byte("y"), 3<<20)
+		r := do(newClient(t), newRequest(t, http.MethodPost, p.url("/"), webHost, bytes.NewReader(big)))
+		if r.status != 200 || !strings.HasPrefix(r.body, fmt.Sprintf("POST %d %x", len(big), sha256.Sum256(big))) {
+			t.Errorf("3 MiB upload without replay: got %d %.60q, want 200 and the whole body at the machine", r.status, r.body)
+		}
+	})
+}
