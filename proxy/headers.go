@@ -227,8 +227,8 @@ func teHasTrailers(te []string) bool {
 func copyResponseHeader(dst, src http.Header) {
 	connection := src["Connection"]
 	for k, vv := range src {
-		if hopHeaders[k] || (len(connection) > 0 && connectionListed(connection, k)) {
-			continue
+		if hopHeaders[k] || k == "Fly-Replay" || (len(connection) > 0 && connectionListed(connection, k)) {
+			continue // Fly-Replay is for the edge, never the client
 		}
 		dst[k] = vv
 	}
