@@ -345,6 +345,7 @@ func (l *loader) proxy(r *reader, p *Proxy) {
 	r.integer("max_queue", &p.MaxQueue, 0, 1<<30)
 	r.duration("upstream_idle_timeout", &p.UpstreamIdleTimeout, true)
 	r.integer("max_idle_per_machine", &p.MaxIdlePerMachine, 0, 1<<20)
+	r.integer("replay_body_limit", &p.ReplayBodyLimit, 0, 1<<30)
 	r.duration("drain_timeout", &p.DrainTimeout, false)
 	r.done()
 }

@@ -55,6 +55,7 @@ queue_timeout = "0s"
 max_queue = 10
 upstream_idle_timeout = "4s"
 max_idle_per_machine = 8
+replay_body_limit = 2097152
 drain_timeout = "1m"
 
 [[app]]
@@ -138,6 +139,7 @@ func TestParseEveryKey(t *testing.T) {
 			MaxQueue:            10,
 			UpstreamIdleTimeout: 4 * time.Second,
 			MaxIdlePerMachine:   8,
+			ReplayBodyLimit:     2 << 20,
 			DrainTimeout:        time.Minute,
 		},
 		Apps: []App{
@@ -241,6 +243,7 @@ func TestDefaults(t *testing.T) {
 			MaxQueue:            1024,
 			UpstreamIdleTimeout: 30 * time.Second,
 			MaxIdlePerMachine:   64,
+			ReplayBodyLimit:     1 << 20,
 			DrainTimeout:        30 * time.Second,
 		},
 	}

@@ -47,6 +47,7 @@ func defaults(hostname string) defaultSet {
 				MaxQueue:            1024,
 				UpstreamIdleTimeout: 30 * time.Second,
 				MaxIdlePerMachine:   64,
+				ReplayBodyLimit:     1 << 20,
 				DrainTimeout:        30 * time.Second,
 			},
 		},

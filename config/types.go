@@ -93,6 +93,7 @@ type Proxy struct {
 	MaxQueue            int           // waiters per app before 503 at once; default 1024
 	UpstreamIdleTimeout time.Duration // pooled idle upstream connections close after this; default 30s
 	MaxIdlePerMachine   int           // idle upstream connections kept per machine; default 64
+	ReplayBodyLimit     int           // bytes of a request body kept so fly-replay can resend it; default 1 MiB (Fly's)
 	DrainTimeout        time.Duration // in-flight requests get this long on shutdown; default 30s
 }
 

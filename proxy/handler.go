@@ -284,7 +284,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	// machine that answers fly-replay can have the request sent on whole.
 	var body *replay.Body
 	if hasBody(r) {
-		body = replay.NewBody(r.Body, r.ContentLength, replay.DefaultBodyLimit)
+		body = replay.NewBody(r.Body, r.ContentLength, h.cfg.ReplayBodyLimit)
 		r.Body = body
 	}
 	var (

@@ -93,7 +93,7 @@ func (h *Handler) nextHop(w http.ResponseWriter, r *http.Request, x *exchange, f
 	}
 	if body != nil {
 		if err := body.Rewind(); err != nil {
-			h.replayFailure(w, x, CodeReplayTooLarge, fmt.Sprintf("the request body is over the %d-byte replay limit", replay.DefaultBodyLimit), err)
+			h.replayFailure(w, x, CodeReplayTooLarge, fmt.Sprintf("the request body is over the %d-byte replay limit (proxy.replay_body_limit)", h.cfg.ReplayBodyLimit), err)
 			return false
 		}
 	}
