@@ -353,7 +353,7 @@ func TestForwardingHeaders(t *testing.T) {
 		t.Errorf("response Via: got %q, want \"1.1 godwit\"", got)
 	}
 	st := resp.Header.Get("Server-Timing")
-	for _, phase := range []string{"route;dur=", "queue;dur=", "upstream;dur="} {
+	for _, phase := range []string{"route;dur=", "queue;dur=", "replay;dur=", "upstream;dur="} {
 		if !strings.Contains(st, phase) {
 			t.Errorf("response Server-Timing: got %q, want a %q phase", st, phase)
 		}

@@ -65,7 +65,9 @@ type exchange struct {
 	// could not be had, for the machine's fly-preferred-instance-unavailable.
 	constraints          routing.Constraints
 	preferredUnavailable string
-	replays              int // fly-replay answers followed so far
+	replays              int           // fly-replay answers followed so far
+	routeDur             time.Duration // picking the first machine, queue wait excluded
+	firstUpStart         time.Time     // when the first machine was sent the request
 	app                  *routing.App
 	machine              *routing.Machine
 	status               int
@@ -114,7 +116,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 		return
 	}
 	x.machine = m
-	routed := time.Now()
+	x.routeDur = time.Since(x.start) - x.queued
 
 	fi := forwardInfo{
 		clientIP:  clientIP(r.RemoteAddr),
@@ -129,10 +131,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 	fi.preferredUnavailable = x.preferredUnavailable
 	if up := upgradeType(r); up != "" {
 		fi.upgrade = up
-		h.tunnel(w, r, &x, &fi, routed)
+		h.tunnel(w, r, &x, &fi)
 		return
 	}
-	h.forward(w, r, &x, &fi, routed)
+	h.forward(w, r, &x, &fi)
 }
 
 // pick chooses a machine, waiting in the app's queue when every machine is
@@ -278,7 +280,7 @@ func (h *Handler) connect(ctx context.Context, x *exchange, retryable bool) (*up
 }
 
 // forward sends the request to x.machine and streams the response back.
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, routed time.Time) {
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo) {
 	ctx := r.Context()
 	// The body streams to the first machine while its start is kept, so a
 	// machine that answers fly-replay can have the request sent on whole.
@@ -306,6 +308,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 			return
 		}
 		upStart = time.Now()
+		if x.firstUpStart.IsZero() {
+			x.firstUpStart = upStart
+		}
 		resp, bodyDone, unwatch, err = h.roundTrip(ctx, w, r, c, fi)
 		if err != nil && reused && bodyDone == nil && ctx.Err() == nil && idempotent(r.Method) && isStaleConn(err) {
 			// The machine closed this idle connection as we wrote to it,
@@ -345,11 +350,15 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 		}
 	}
 	upDone := time.Now()
+	replayDur := upStart.Sub(x.firstUpStart)
+	if x.replays > 0 {
+		h.metrics.replayDuration.WithLabelValues(x.app.Name).Observe(replayDur.Seconds())
+	}
 
 	hdr := w.Header()
 	copyResponseHeader(hdr, resp.Header)
 	hdr[hdrRequestIDResp] = x.idHeader
-	setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, serverTiming(routed.Sub(x.start)-x.queued, x.queued, upDone.Sub(upStart)))
+	setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, serverTiming(x.routeDur, x.queued, replayDur, upDone.Sub(upStart)))
 	announced := len(resp.Trailer)
 	if announced > 0 {
 		keys := make([]string, 0, announced)
@@ -609,12 +618,19 @@ func appendVia(prior []string, ours string) []string {
 
 // serverTiming formats the phases in milliseconds, as the Server-Timing
 // header (W3C) wants them.
-func serverTiming(route, queue, upstream time.Duration) string {
-	var buf [96]byte
+//
+// route is picking the first machine; queue all waiting for a slot; replay
+// the time from the first machine's attempt to the last one's (the
+// machines that answered fly-replay, and any queue wait for the next);
+// upstream the last machine's time to its response head.
+func serverTiming(route, queue, replay, upstream time.Duration) string {
+	var buf [128]byte
 	b := append(buf[:0], "route;dur="...)
 	b = strconv.AppendFloat(b, float64(route)/1e6, 'f', 3, 64)
 	b = append(b, ", queue;dur="...)
 	b = strconv.AppendFloat(b, float64(queue)/1e6, 'f', 3, 64)
+	b = append(b, ", replay;dur="...)
+	b = strconv.AppendFloat(b, float64(replay)/1e6, 'f', 3, 64)
 	b = append(b, ", upstream;dur="...)
 	b = strconv.AppendFloat(b, float64(upstream)/1e6, 'f', 3, 64)
 	return string(b)

@@ -18,6 +18,9 @@ type metrics struct {
 	queueWait  *prometheus.HistogramVec
 	retries    *prometheus.CounterVec
 	replays    *prometheus.CounterVec
+	// replayDuration is the time a replayed request spent before its last
+	// machine: the machines that answered fly-replay and the re-picks.
+	replayDuration *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
@@ -55,7 +58,15 @@ func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
 		Name: "godwit_replays_total",
 		Help: "fly-replay answers from machines, by app and outcome: replayed, or the error code that ended the request (PA01..PA05).",
 	}, []string{"app", "outcome"})
-	reg.MustRegister(m.replays)
+	m.replayDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:                            "godwit_replay_duration_seconds",
+		Help:                            "Time replayed requests spent before reaching their last machine (the machines that answered fly-replay, and picking the next).",
+		Buckets:                         []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		NativeHistogramBucketFactor:     1.1,
+		NativeHistogramMaxBucketNumber:  160,
+		NativeHistogramMinResetDuration: time.Hour,
+	}, []string{"app"})
+	reg.MustRegister(m.replays, m.replayDuration)
 	reg.MustRegister(m.requests, m.duration, m.rejections, m.queueWait, m.retries, &machineCollector{table: table})
 	return m
 }

@@ -93,8 +93,18 @@ func TestReplay(t *testing.T) {
 			if m == nil || m[1] != tt.wantState {
 				t.Errorf("fly-replay-src: got %q, want instance=m1;region=iad;t=<µs>;state=%s", src, tt.wantState)
 			}
+			st := r.header.Get("Server-Timing")
+			if !strings.Contains(st, "replay;dur=") || strings.Contains(st, "replay;dur=0.000,") {
+				t.Errorf("Server-Timing: got %q, want a non-zero replay phase", st)
+			}
 			if n := m1.requests.Load(); n != 1 {
 				t.Errorf("replaying machine saw %d requests, want 1", n)
+			}
+			metrics := p.metrics(t)
+			for _, want := range []string{`godwit_replays_total{app="web",outcome="replayed"} 1`, `godwit_replay_duration_seconds_count{app="web"} 1`} {
+				if !strings.Contains(metrics, want) {
+					t.Errorf("/metrics lacks %s", want)
+				}
 			}
 		})
 	}

@@ -96,7 +96,7 @@ func (t *tunnels) count() int {
 // one) and, when the machine answers 101, splices client and machine
 // together until either side closes. Any other answer is relayed as a
 // normal response and the connection is closed.
-func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, routed time.Time) {
+func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo) {
 	ctx := r.Context()
 	c, reused, code, err := h.connect(ctx, x, false)
 	if err != nil {
@@ -126,7 +126,7 @@ func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, x *exchange, fi
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		copyResponseHeader(hdr, resp.Header)
 		hdr[hdrRequestIDResp] = x.idHeader
-		setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, serverTiming(routed.Sub(x.start)-x.queued, x.queued, upDone.Sub(upStart)))
+		setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, serverTiming(x.routeDur, x.queued, 0, upDone.Sub(upStart)))
 		x.status = resp.StatusCode
 		w.WriteHeader(resp.StatusCode)
 		n, rerr, werr := copyBody(w, resp.Body, true)
