@@ -150,15 +150,10 @@ func (h *Handler) pick(ctx context.Context, app *routing.App, x *exchange, exclu
 	}
 	if errors.Is(err, routing.ErrAtCapacity) {
 		qs := time.Now()
-		deadline := qs.Add(h.cfg.QueueTimeout)
-		for {
-			m, err = app.Wait(ctx, time.Until(deadline), h.cfg.MaxQueue)
-			if err != nil || c.Allows(m) {
-				break
-			}
-			// The queue handed over a machine the request may not use (a
-			// forced region or instance): pass it on and wait again.
-			m.Release()
+		if c.Restricts() {
+			m, err = waitConstrained(ctx, app, c, qs.Add(h.cfg.QueueTimeout))
+		} else {
+			m, err = app.Wait(ctx, h.cfg.QueueTimeout, h.cfg.MaxQueue)
 		}
 		x.queued += time.Since(qs)
 		h.metrics.queueWait.WithLabelValues(app.Name).Observe(x.queued.Seconds())
@@ -182,6 +177,35 @@ func (h *Handler) pick(ctx context.Context, app *routing.App, x *exchange, exclu
 		return nil, CodeNoMachine, fmt.Errorf("no started, healthy machine for app %q", app.Name)
 	}
 	return m, "", nil
+}
+
+// constrainedPoll is how often a request that may use only some machines
+// (a forced instance or region, an excluded machine) looks for a free slot
+// while they are all at their hard limit. The app's FIFO queue hands a
+// freed slot to its oldest waiter whatever the machine, so such requests
+// poll beside it instead; they are rare, and the poll is bounded by the
+// queue timeout.
+const constrainedPoll = 5 * time.Millisecond
+
+// waitConstrained waits until app.PickWith(c) finds a machine below its
+// hard limit, the deadline passes (routing.ErrQueueTimeout) or ctx ends.
+func waitConstrained(ctx context.Context, app *routing.App, c routing.Constraints, deadline time.Time) (*routing.Machine, error) {
+	t := time.NewTicker(constrainedPoll)
+	defer t.Stop()
+	for {
+		m, _, err := app.PickWith(c)
+		if !errors.Is(err, routing.ErrAtCapacity) {
+			return m, err
+		}
+		if !time.Now().Before(deadline) {
+			return nil, routing.ErrQueueTimeout
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // Fly's request routing headers (canonical forms).
@@ -295,17 +319,36 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 		bodyDone chan error
 		unwatch  func() bool
 		upStart  time.Time
+		hop      *replayHop // the replay under way, if any
 	)
+	defer func() { hop.end() }()
 	for {
 		var (
 			reused bool
 			code   Code
 			err    error
 		)
-		c, reused, code, err = h.connect(ctx, x, idempotent(r.Method) && !hasBody(r))
+		connectCtx := ctx
+		if hop != nil {
+			connectCtx = hop.ctx // a replay's timeout= bounds reaching its target
+		}
+		c, reused, code, err = h.connect(connectCtx, x, idempotent(r.Method) && !hasBody(r))
 		if err != nil {
+			if hop.canFallBack() && ctx.Err() == nil {
+				reason := replay.ReasonRetriesExhausted
+				if hop.ctx.Err() != nil {
+					reason = replay.ReasonTimeout
+				}
+				if hop = h.fallBack(w, r, x, fi, hop, reason); hop == nil {
+					return
+				}
+				continue
+			}
 			h.fail(w, x, code, err.Error(), err)
 			return
+		}
+		if hop != nil {
+			hop.end() // the target is reached: the timeout no longer applies
 		}
 		upStart = time.Now()
 		if x.firstUpStart.IsZero() {
@@ -345,7 +388,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 			break
 		}
 		finishReplayResponse(c, bodyDone, unwatch)
-		if !h.nextHop(w, r, x, fi, body, ins, perr) {
+		if hop = h.nextHop(w, r, x, fi, body, hop, ins, perr); hop == nil {
 			return
 		}
 	}

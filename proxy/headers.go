@@ -103,7 +103,10 @@ type forwardInfo struct {
 	preferredUnavailable string
 	// replaySrc is the fly-replay-src of a replayed request.
 	replaySrc string
-	chunked   bool // body framed with Transfer-Encoding: chunked
+	// replayFailed is the fly-replay-failed of a request a replay fallback
+	// returned to its replaying machine.
+	replayFailed string
+	chunked      bool // body framed with Transfer-Encoding: chunked
 }
 
 // writeRequestHead writes the request line and headers of r, rewritten for
@@ -143,6 +146,9 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request, fi *forwardInfo) {
 
 	if fi.replaySrc != "" {
 		writeHeader(bw, "Fly-Replay-Src", fi.replaySrc)
+	}
+	if fi.replayFailed != "" {
+		writeHeader(bw, "Fly-Replay-Failed", fi.replayFailed)
 	}
 	if fi.preferredUnavailable != "" {
 		writeHeader(bw, "Fly-Preferred-Instance-Unavailable", fi.preferredUnavailable)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -77,44 +78,123 @@ func (h *Handler) replayFailure(w http.ResponseWriter, x *exchange, code Code, m
 	h.fail(w, x, code, msg, err)
 }
 
+// replayHop is the state of a replay under way: where it came from, what
+// it asked for, and how long it may take to reach its target.
+type replayHop struct {
+	ins     replay.Instruction
+	from    *routing.Machine // the machine that answered fly-replay
+	fromApp *routing.App
+	target  *routing.App
+	start   time.Time
+	ctx     context.Context // bounds reaching the target (timeout=)
+	cancel  context.CancelFunc
+	// fellBack is set once the request went back to its replaying machine:
+	// it may not ask for another replay.
+	fellBack bool
+}
+
+func (rh *replayHop) end() {
+	if rh != nil && rh.cancel != nil {
+		rh.cancel()
+	}
+}
+
+// canFallBack reports whether a failure to reach the replay's target sends
+// the request back to the replaying machine.
+func (rh *replayHop) canFallBack() bool {
+	return rh != nil && !rh.fellBack && rh.ins.Fallback != replay.FallbackNone
+}
+
 // nextHop prepares the request for its next machine after a replay from
 // x.machine: the slot is given back, a machine is picked under the
 // instruction's constraints, and fly-replay-src is set. It answers the
-// client and returns false when the replay cannot go on.
-func (h *Handler) nextHop(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, body *replay.Body, ins replay.Instruction, perr error) bool {
+// client and returns nil when the replay cannot go on.
+func (h *Handler) nextHop(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, body *replay.Body, prev *replayHop, ins replay.Instruction, perr error) *replayHop {
+	prev.end()
 	if perr != nil {
 		h.log.Warn("invalid fly-replay from machine", "machine", x.machine.ID, "app", x.app.Name, "request_id", x.requestID, "err", perr)
 		h.replayFailure(w, x, CodeReplayInvalid, "the machine answered with an invalid fly-replay", perr)
-		return false
+		return nil
+	}
+	if prev != nil && prev.fellBack {
+		h.replayFailure(w, x, CodeReplayLoop, "a request returned by a replay fallback asked for another replay", nil)
+		return nil
 	}
 	if x.replays >= maxReplays {
 		h.replayFailure(w, x, CodeReplayLoop, fmt.Sprintf("more than %d fly-replay answers in a chain", maxReplays), nil)
-		return false
+		return nil
 	}
 	if body != nil {
 		if err := body.Rewind(); err != nil {
 			h.replayFailure(w, x, CodeReplayTooLarge, fmt.Sprintf("the request body is over the %d-byte replay limit (proxy.replay_body_limit)", h.cfg.ReplayBodyLimit), err)
-			return false
+			return nil
 		}
 	}
 	target, c, code, err := h.replayTarget(x.app, x.machine, ins)
 	if err != nil {
 		h.replayFailure(w, x, code, err.Error(), err)
-		return false
+		return nil
 	}
-	from := x.machine
-	fi.replaySrc = replay.Src{Instance: from.ID, Region: from.Region, T: time.Now(), State: ins.State}.String()
-	from.Release()
+	rh := &replayHop{ins: ins, from: x.machine, fromApp: x.app, target: target, start: time.Now(), ctx: r.Context()}
+	if ins.Timeout > 0 {
+		rh.ctx, rh.cancel = context.WithTimeout(r.Context(), ins.Timeout)
+	}
+	fi.replaySrc = replay.Src{Instance: rh.from.ID, Region: rh.from.Region, T: rh.start, State: ins.State}.String()
+	rh.from.Release()
 	x.machine = nil
 	h.metrics.replays.WithLabelValues(x.app.Name, "replayed").Inc()
 	x.app, x.constraints = target, c
 	x.replays++
-	m, pcode, perr2 := h.pick(r.Context(), target, x, nil)
+	m, pcode, perr2 := h.pick(rh.ctx, target, x, nil)
 	if perr2 != nil {
+		reason := replay.ReasonNoCandidate
+		if rh.ctx.Err() != nil && r.Context().Err() == nil {
+			reason = replay.ReasonTimeout
+		}
+		if rh.canFallBack() {
+			return h.fallBack(w, r, x, fi, rh, reason)
+		}
+		rh.end()
 		h.fail(w, x, pcode, perr2.Error(), perr2)
-		return false
+		return nil
 	}
 	x.machine = m
 	fi.preferredUnavailable = x.preferredUnavailable
-	return true
+	return rh
+}
+
+// fallBack sends the request back to the machine that asked for the
+// replay (fallback=force_self), or to it first and else any machine of its
+// app (prefer_self), with fly-replay-failed saying why. It answers the
+// client and returns nil when that fails too.
+func (h *Handler) fallBack(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, rh *replayHop, reason string) *replayHop {
+	rh.end()
+	if x.machine != nil {
+		x.machine.Release()
+		x.machine = nil
+	}
+	failed := replay.Failed{App: rh.target.Name, ReplaySource: rh.from.ID, Reason: reason, Elapsed: time.Since(rh.start)}
+	if rh.ins.Instance != "" {
+		failed.Instance = rh.ins.Instance
+	}
+	if len(rh.ins.Regions) > 0 {
+		failed.Region = rh.ins.Regions[0]
+	}
+	fi.replayFailed = failed.String()
+	fi.replaySrc = ""
+	h.metrics.replays.WithLabelValues(rh.fromApp.Name, "fallback_"+reason).Inc()
+	c := routing.Constraints{Instance: rh.from.ID}
+	if rh.ins.Fallback == replay.FallbackPreferSelf {
+		c = routing.Constraints{PreferInstance: rh.from.ID}
+	}
+	x.app, x.constraints = rh.fromApp, c
+	next := &replayHop{ins: rh.ins, from: rh.from, fromApp: rh.fromApp, target: rh.fromApp, start: time.Now(), ctx: r.Context(), fellBack: true}
+	m, code, err := h.pick(r.Context(), rh.fromApp, x, nil)
+	if err != nil {
+		h.fail(w, x, code, "the replay failed ("+reason+") and its fallback to the replaying machine failed too: "+err.Error(), err)
+		return nil
+	}
+	x.machine = m
+	fi.preferredUnavailable = ""
+	return next
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // echoMachine answers with what it received: method, body hash and length,
@@ -172,5 +173,75 @@ address = %q
 		if r.status != 200 || !strings.HasPrefix(r.body, fmt.Sprintf("POST %d %x", len(big), sha256.Sum256(big))) {
 			t.Errorf("3 MiB upload without replay: got %d %.60q, want 200 and the whole body at the machine", r.status, r.body)
 		}
+	})
+}
+
+// fallbackMachine asks for a replay, and answers a request that came back
+// through a fallback with the fly-replay-failed it carried.
+func fallbackMachine(instruction string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if f := r.Header.Get("Fly-Replay-Failed"); f != "" {
+			io.Copy(io.Discard, r.Body)
+			io.WriteString(w, "fallback: "+f)
+			return
+		}
+		replayer(instruction, -1)(w, r)
+	}
+}
+
+func TestReplayFallback(t *testing.T) {
+	t.Run("no candidate", func(t *testing.T) {
+		m1 := startMachine(t, "m1", fallbackMachine("region=ord;fallback=force_self"), nil)
+		p := startProxy(t, oneApp("", []string{m1.addr}))
+		r := do(newClient(t), newRequest(t, http.MethodPost, p.url("/"), webHost, strings.NewReader("payload")))
+		want := "fallback: app=web;region=ord;replay_source=m1;reason=no_candidate;elapsed_ms="
+		if r.status != 200 || !strings.HasPrefix(r.body, want) {
+			t.Errorf("got %d %q, want 200 %q…", r.status, r.body, want)
+		}
+		if n := m1.requests.Load(); n != 2 {
+			t.Errorf("replaying machine saw %d requests, want 2 (the request and its fallback)", n)
+		}
+	})
+
+	t.Run("retries exhausted", func(t *testing.T) {
+		m1 := startMachine(t, "m1", fallbackMachine("region=syd;fallback=prefer_self"), nil)
+		p := startProxy(t, oneApp("", []string{m1.addr, deadAddr(t)}, "iad", "syd"))
+		r := do(newClient(t), newRequest(t, http.MethodGet, p.url("/"), webHost, nil))
+		if want := "reason=retries_exhausted"; r.status != 200 || !strings.Contains(r.body, want) {
+			t.Errorf("got %d %q, want 200 with %s", r.status, r.body, want)
+		}
+	})
+
+	t.Run("timeout", func(t *testing.T) {
+		g := newGate()
+		defer g.open()
+		m1 := startMachine(t, "m1", fallbackMachine("region=syd;timeout=200ms;fallback=force_self"), nil)
+		m2 := startMachine(t, "m2", func(w http.ResponseWriter, r *http.Request) { g.wait(r) }, nil)
+		p := startProxy(t, oneApp("[app.http_service.concurrency]\ntype = \"requests\"\nsoft_limit = 1\nhard_limit = 1\n",
+			[]string{m1.addr, m2.addr}, "iad", "syd"))
+		c := newClient(t)
+		held := make(chan result, 1)
+		go func() {
+			req := newRequest(t, http.MethodGet, p.url("/hold"), webHost, nil)
+			req.Header.Set("Fly-Force-Instance-Id", "m2")
+			held <- do(c, req)
+		}()
+		eventually(t, 10*time.Second, "m2's only slot taken", func() bool { return m2.inflight.Load() == 1 })
+		start := time.Now()
+		r := do(c, newRequest(t, http.MethodGet, p.url("/"), webHost, nil))
+		if want := "reason=timeout"; r.status != 200 || !strings.Contains(r.body, want) {
+			t.Errorf("got %d %q, want 200 with %s", r.status, r.body, want)
+		}
+		if took := time.Since(start); took < 200*time.Millisecond {
+			t.Errorf("fallback after %v, want after the 200ms timeout", took)
+		}
+		g.open()
+		<-held
+	})
+
+	t.Run("no second replay after a fallback", func(t *testing.T) {
+		m1 := startMachine(t, "m1", replayer("region=ord;fallback=force_self", -1), nil)
+		p := startProxy(t, oneApp("", []string{m1.addr}))
+		wantProxyError(t, do(newClient(t), newRequest(t, http.MethodGet, p.url("/"), webHost, nil)), CodeReplayLoop)
 	})
 }

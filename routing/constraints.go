@@ -119,28 +119,8 @@ func (a *App) Regions() []string {
 	return out
 }
 
-// Allows reports whether m meets the hard constraints: the forced instance,
-// a region list without fallback, and the exclusions. A preferred instance
-// restricts nothing.
-func (c Constraints) Allows(m *Machine) bool {
-	if c.Instance != "" && m.ID != c.Instance {
-		return false
-	}
-	if excluded(m, c.Exclude) {
-		return false
-	}
-	if len(c.Regions) > 0 && !c.AnyRegion {
-		for _, r := range c.Regions {
-			if m.Region == r {
-				return true
-			}
-		}
-		return false
-	}
-	return true
-}
-
-// Zero reports whether c constrains nothing.
-func (c Constraints) Zero() bool {
-	return c.Instance == "" && c.PreferInstance == "" && len(c.Regions) == 0 && len(c.Exclude) == 0
+// Restricts reports whether some usable machines of the app may not be
+// picked under c (so a slot freed on any machine will not always do).
+func (c Constraints) Restricts() bool {
+	return c.Instance != "" || len(c.Exclude) > 0 || (len(c.Regions) > 0 && !c.AnyRegion)
 }

@@ -113,3 +113,23 @@ func TestRegionsNearestFirst(t *testing.T) {
 		}
 	}
 }
+
+func TestConstraintsRestricts(t *testing.T) {
+	m := &Machine{ID: "m1"}
+	tests := []struct {
+		c    Constraints
+		want bool
+	}{
+		{Constraints{}, false},
+		{Constraints{PreferInstance: "m1"}, false},
+		{Constraints{Regions: []string{"syd"}, AnyRegion: true}, false},
+		{Constraints{Regions: []string{"syd"}}, true},
+		{Constraints{Instance: "m1"}, true},
+		{Constraints{Exclude: []*Machine{m}}, true},
+	}
+	for _, tt := range tests {
+		if got := tt.c.Restricts(); got != tt.want {
+			t.Errorf("%+v.Restricts(): got %v, want %v", tt.c, got, tt.want)
+		}
+	}
+}
