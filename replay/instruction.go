@@ -445,15 +445,8 @@ func quoteForError(s string) string {
 // JSON-only fields (Transform, Cache, AllowBypass) have no header form and
 // are left out.
 func (in Instruction) Header() string {
-	var b strings.Builder
-	field := func(k, v string) {
-		if b.Len() > 0 {
-			b.WriteByte(';')
-		}
-		b.WriteString(k)
-		b.WriteByte('=')
-		writeValue(&b, v)
-	}
+	var b fields
+	field := func(k, v string) { b.add(k, v, true) }
 	if len(in.Regions) > 0 {
 		field("region", strings.Join(in.Regions, ","))
 	}

@@ -24,15 +24,8 @@ type Src struct {
 // written as is, so it may hold '=' and ';': a reader that takes
 // everything after "state=" gets it back.
 func (s Src) String() string {
-	var b strings.Builder
-	field := func(k, v string) {
-		if b.Len() > 0 {
-			b.WriteByte(';')
-		}
-		b.WriteString(k)
-		b.WriteByte('=')
-		b.WriteString(v)
-	}
+	var b fields
+	field := func(k, v string) { b.add(k, v, false) }
 	if s.Instance != "" {
 		field("instance", s.Instance)
 	}
@@ -128,22 +121,34 @@ type Failed struct {
 //
 // leaving out empty string fields; elapsed_ms is always written.
 func (f Failed) String() string {
-	var b strings.Builder
+	var b fields
 	field := func(k, v string) {
-		if v == "" {
-			return
+		if v != "" {
+			b.add(k, v, false)
 		}
-		b.WriteString(k)
-		b.WriteByte('=')
-		b.WriteString(v)
-		b.WriteByte(';')
 	}
 	field("instance", f.Instance)
 	field("app", f.App)
 	field("region", f.Region)
 	field("replay_source", f.ReplaySource)
 	field("reason", f.Reason)
-	b.WriteString("elapsed_ms=")
-	b.WriteString(strconv.FormatInt(f.Elapsed.Milliseconds(), 10))
+	b.add("elapsed_ms", strconv.FormatInt(f.Elapsed.Milliseconds(), 10), false)
 	return b.String()
+}
+
+// fields builds a header value of key=value pairs separated by ';'.
+type fields struct{ strings.Builder }
+
+// add appends k=v; quote writes v as a quoted string where it needs one.
+func (b *fields) add(k, v string, quote bool) {
+	if b.Len() > 0 {
+		b.WriteByte(';')
+	}
+	b.WriteString(k)
+	b.WriteByte('=')
+	if quote {
+		writeValue(&b.Builder, v)
+	} else {
+		b.WriteString(v)
+	}
 }
