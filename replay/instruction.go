@@ -63,7 +63,7 @@ type Instruction struct {
 
 	// The JSON form only.
 	Transform   Transform
-	Cache       Cache
+	Cache       CacheSpec
 	AllowBypass bool // clients may skip the replay cache with fly-replay-cache-control: skip
 
 	// Unknown are the keys that were ignored (lower-case; nested JSON keys
@@ -83,9 +83,9 @@ type HeaderValue struct {
 	Name, Value string
 }
 
-// Cache is the replay-cache part of a JSON instruction. The zero value asks
+// CacheSpec is the replay-cache part of a JSON instruction. The zero value asks
 // for no caching.
-type Cache struct {
+type CacheSpec struct {
 	Prefix     string        // path pattern (optionally "host/path") with an implicit trailing "/*"
 	TTL        time.Duration // whole seconds, at least 10s; set exactly when Prefix is
 	Invalidate bool          // drop cached replays for this request's host (never with Prefix)

@@ -163,7 +163,7 @@ func TestHeader(t *testing.T) {
 		{"state quoted", Instruction{State: `a;b "c" \d`}, `state="a;b \"c\" \\d"`},
 		{"state with = unquoted", Instruction{State: "a=b"}, "state=a=b"},
 		{"state with comma quoted", Instruction{State: "a,b=c"}, `state="a,b=c"`},
-		{"JSON-only fields left out", Instruction{App: "a", AllowBypass: true, Cache: Cache{Invalidate: true}}, "app=a"},
+		{"JSON-only fields left out", Instruction{App: "a", AllowBypass: true, Cache: CacheSpec{Invalidate: true}}, "app=a"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -276,7 +276,7 @@ func (in *Instruction) jsonHeaderValue(raw json.RawMessage) (HeaderValue, error)
 }
 
 func (in *Instruction) jsonCache(raw json.RawMessage) error {
-	var c Cache
+	var c CacheSpec
 	var ttl *int64
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	err := eachKey(dec, "cache.", &in.Unknown, func(key string, raw json.RawMessage) (bool, error) {
@@ -285,7 +285,8 @@ func (in *Instruction) jsonCache(raw json.RawMessage) error {
 			if err := unmarshal(raw, "cache.prefix", &c.Prefix); err != nil {
 				return true, err
 			}
-			return true, checkCachePrefix(c.Prefix)
+			_, err := ParsePattern("cache.prefix", c.Prefix)
+			return true, err
 		case "ttl":
 			return true, unmarshal(raw, "cache.ttl", &ttl)
 		case "invalidate":
@@ -330,31 +331,6 @@ func checkPath(p string) error {
 	for i := 0; i < len(p); i++ {
 		if c := p[i]; c <= ' ' || c >= 0x7f || c == '#' {
 			return invalid(field, "only visible ASCII without # is allowed")
-		}
-	}
-	return nil
-}
-
-// checkCachePrefix accepts "/path..." or "host/path..." (or a bare host),
-// host without a port, all visible ASCII.
-func checkCachePrefix(p string) error {
-	const field = "cache.prefix"
-	if p == "" {
-		return invalid(field, "empty value")
-	}
-	if len(p) > MaxValueBytes {
-		return invalid(field, "value too long")
-	}
-	for i := 0; i < len(p); i++ {
-		if c := p[i]; c <= ' ' || c >= 0x7f || c == '#' {
-			return invalid(field, "only visible ASCII without # is allowed")
-		}
-	}
-	host, _, _ := strings.Cut(p, "/")
-	for i := 0; i < len(host); i++ {
-		c := host[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
-			return invalid(field, "host must be a name without a port")
 		}
 	}
 	return nil

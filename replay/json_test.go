@@ -25,7 +25,7 @@ func TestParseJSON(t *testing.T) {
 				DeleteHeaders: []string{"x-unwanted-header", "cookie"},
 				SetHeaders:    []HeaderValue{{"authorization", "Bearer token123"}},
 			},
-			Cache: Cache{Prefix: "/some/path/*", TTL: time.Minute},
+			Cache: CacheSpec{Prefix: "/some/path/*", TTL: time.Minute},
 		}},
 		{"region string", `{"region":"iad"}`, Instruction{Regions: []string{"iad"}}},
 		{"region list string", `{"region":"IAD, ord,any"}`, Instruction{Regions: []string{"iad", "ord", "any"}}},
@@ -47,10 +47,10 @@ func TestParseJSON(t *testing.T) {
 				SetHeaders:    []HeaderValue{{"authorization", "Bearer token123"}, {"X-Empty", ""}},
 			}}},
 		{"cache", `{"app":"target-app","region":"iad,us","cache":{"prefix":"/some/path/*","ttl":60}}`,
-			Instruction{App: "target-app", Regions: []string{"iad", "us"}, Cache: Cache{Prefix: "/some/path/*", TTL: time.Minute}}},
+			Instruction{App: "target-app", Regions: []string{"iad", "us"}, Cache: CacheSpec{Prefix: "/some/path/*", TTL: time.Minute}}},
 		{"cache with host", `{"cache":{"prefix":"example.com/api","ttl":10},"allow_bypass":true}`,
-			Instruction{Cache: Cache{Prefix: "example.com/api", TTL: 10 * time.Second}, AllowBypass: true}},
-		{"cache invalidate", `{"cache":{"invalidate":true}}`, Instruction{Cache: Cache{Invalidate: true}}},
+			Instruction{Cache: CacheSpec{Prefix: "example.com/api", TTL: 10 * time.Second}, AllowBypass: true}},
+		{"cache invalidate", `{"cache":{"invalidate":true}}`, Instruction{Cache: CacheSpec{Invalidate: true}}},
 		{"null is absent", `{"app":null,"region":null,"transform":null,"elsewhere":null}`, Instruction{}},
 		{"keys case-insensitive", `{"App":"a","REGION":"iad"}`, Instruction{App: "a", Regions: []string{"iad"}}},
 		{"unknown keys recorded", `{"app":"a","future":{"x":1},"transform":{"later":1},"cache":{"soon":[]},
@@ -171,14 +171,14 @@ func TestParseJSONErrors(t *testing.T) {
 }
 
 func TestCacheable(t *testing.T) {
-	cache := Cache{Prefix: "/", TTL: time.Minute}
+	cache := CacheSpec{Prefix: "/", TTL: time.Minute}
 	tests := []struct {
 		name string
 		in   Instruction
 		want bool
 	}{
 		{"no cache", Instruction{App: "a"}, false},
-		{"invalidate", Instruction{Cache: Cache{Invalidate: true}}, false},
+		{"invalidate", Instruction{Cache: CacheSpec{Invalidate: true}}, false},
 		{"prefix", Instruction{App: "a", Regions: []string{"iad"}, Cache: cache, AllowBypass: true}, true},
 		{"with state", Instruction{State: "s", Cache: cache}, false},
 		{"with timeout", Instruction{Timeout: time.Second, Cache: cache}, false},
