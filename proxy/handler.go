@@ -129,11 +129,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 		chunked:   r.ContentLength < 0 || (len(r.TransferEncoding) > 0 && r.TransferEncoding[0] == "chunked"),
 	}
 	fi.preferredUnavailable = x.preferredUnavailable
-	if up := upgradeType(r); up != "" {
-		fi.upgrade = up
-		h.tunnel(w, r, &x, &fi)
-		return
-	}
+	fi.upgrade = upgradeType(r)
 	h.forward(w, r, &x, &fi)
 }
 
@@ -347,6 +343,16 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 			h.fail(w, x, code, err.Error(), err)
 			return
 		}
+		if reused && fi.upgrade != "" {
+			// An upgrade may become a tunnel: it gets a connection of
+			// its own, never a pooled one.
+			c.up.put(c, time.Now())
+			if c, err = c.up.dial(connectCtx); err != nil {
+				h.fail(w, x, CodeRetriesFailed, "could not connect to the machine", err)
+				return
+			}
+			reused = false
+		}
 		if hop != nil {
 			hop.end() // the target is reached: the timeout no longer applies
 		}
@@ -383,11 +389,11 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 			h.fail(w, x, CodeUpstreamFailed, "the machine closed the connection before a complete response", err)
 			return
 		}
-		ins, isReplay, perr := replayInstruction(resp)
+		ins, isReplay, drained, perr := replayInstruction(resp)
 		if !isReplay {
 			break
 		}
-		finishReplayResponse(c, bodyDone, unwatch)
+		h.finishReplayResponse(r, c, resp, drained, bodyDone, unwatch)
 		if hop = h.nextHop(w, r, x, fi, body, hop, ins, perr); hop == nil {
 			return
 		}
@@ -397,11 +403,16 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	if x.replays > 0 {
 		h.metrics.replayDuration.WithLabelValues(x.app.Name).Observe(replayDur.Seconds())
 	}
+	timing := serverTiming(x.routeDur, x.queued, replayDur, upDone.Sub(upStart))
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		h.switchProtocols(w, r, x, fi, c, resp, bodyDone, unwatch)
+		return
+	}
 
 	hdr := w.Header()
 	copyResponseHeader(hdr, resp.Header)
 	hdr[hdrRequestIDResp] = x.idHeader
-	setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, serverTiming(x.routeDur, x.queued, replayDur, upDone.Sub(upStart)))
+	setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, timing)
 	announced := len(resp.Trailer)
 	if announced > 0 {
 		keys := make([]string, 0, announced)
@@ -434,7 +445,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	if bodyDone != nil && awaitBodyWrite(w, c, bodyDone) != nil {
 		clean = false
 	}
-	if clean && !resp.Close && c.br.Buffered() == 0 && ctx.Err() == nil {
+	// A connection that carried an upgrade request the machine declined
+	// is not reused: it was dialled for a tunnel, outside the pool's count.
+	if clean && !resp.Close && fi.upgrade == "" && c.br.Buffered() == 0 && ctx.Err() == nil {
 		c.up.put(c, time.Now())
 	} else {
 		c.close()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -18,21 +19,22 @@ const maxReplays = 10
 
 // replayInstruction reports whether resp asks for a replay, and parses the
 // instruction: the fly-replay header, or the JSON body form. It reads (at
-// most replay.MaxJSONBytes of) the body only for the JSON form.
-func replayInstruction(resp *http.Response) (ins replay.Instruction, ok bool, err error) {
+// most replay.MaxJSONBytes of) the body only for the JSON form; drained
+// reports that it read the body to its end.
+func replayInstruction(resp *http.Response) (ins replay.Instruction, ok, drained bool, err error) {
 	if v := resp.Header["Fly-Replay"]; len(v) > 0 {
 		ins, err = replay.ParseHeader(strings.Join(v, ";"))
-		return ins, true, err
+		return ins, true, false, err
 	}
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, replay.JSONContentType) {
-		return ins, false, nil
+		return ins, false, false, nil
 	}
 	body, rerr := io.ReadAll(io.LimitReader(resp.Body, replay.MaxJSONBytes+1))
 	if rerr != nil {
-		return ins, true, fmt.Errorf("read the replay instruction: %w", rerr)
+		return ins, true, false, fmt.Errorf("read the replay instruction: %w", rerr)
 	}
 	ins, err = replay.ParseJSON(body)
-	return ins, true, err
+	return ins, true, len(body) <= replay.MaxJSONBytes, err
 }
 
 // replayTarget works out where a replay goes: the app (this one, or
@@ -61,15 +63,43 @@ func (h *Handler) replayTarget(app *routing.App, from *routing.Machine, ins repl
 	return target, c, "", nil
 }
 
-// finishReplayResponse discards the answer that asked for a replay (it never
-// reaches the client) and ends the attempt: the connection is closed and
-// the body writer stopped, keeping every byte it read for the next attempt.
-func finishReplayResponse(c *upConn, bodyDone <-chan error, unwatch func() bool) {
-	c.close() // the writer's pending write fails at once
+// finishReplayResponse discards the answer that asked for a replay (it
+// never reaches the client) and ends the attempt. The connection goes back
+// to the pool when that cannot block or lose anything: the request body
+// (if any) was written whole, and the rest of the answer is already read
+// or buffered. Otherwise it is closed, which also stops a body writer
+// still running; the body keeps every byte it read for the next attempt.
+func (h *Handler) finishReplayResponse(r *http.Request, c *upConn, resp *http.Response, drained bool, bodyDone <-chan error, unwatch func() bool) {
+	reuse := !resp.Close && r.Context().Err() == nil
+	if bodyDone != nil {
+		select {
+		case err := <-bodyDone:
+			reuse = reuse && err == nil
+			bodyDone = nil
+		default:
+			reuse = false
+		}
+	}
+	if reuse {
+		buffered := resp.ContentLength >= 0 && int64(c.br.Buffered()) >= resp.ContentLength
+		if drained || buffered || r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
+			_, err := io.Copy(io.Discard, resp.Body)
+			reuse = err == nil && c.br.Buffered() == 0
+		} else {
+			reuse = false
+		}
+	}
+	if !reuse {
+		c.close() // a pending body write fails at once
+	}
 	if bodyDone != nil {
 		<-bodyDone
 	}
-	unwatch()
+	if unwatch() && reuse {
+		c.up.put(c, time.Now())
+	} else if reuse {
+		c.close()
+	}
 }
 
 // replayFailure answers a replay that cannot go on.
@@ -135,6 +165,7 @@ func (h *Handler) nextHop(w http.ResponseWriter, r *http.Request, x *exchange, f
 		h.replayFailure(w, x, code, err.Error(), err)
 		return nil
 	}
+	applyTransform(r, ins.Transform)
 	rh := &replayHop{ins: ins, from: x.machine, fromApp: x.app, target: target, start: time.Now(), ctx: r.Context()}
 	if ins.Timeout > 0 {
 		rh.ctx, rh.cancel = context.WithTimeout(r.Context(), ins.Timeout)
@@ -197,4 +228,25 @@ func (h *Handler) fallBack(w http.ResponseWriter, r *http.Request, x *exchange, 
 	x.machine = m
 	fi.preferredUnavailable = ""
 	return next
+}
+
+// applyTransform changes the request as a replay instruction asks before
+// it is sent on (the JSON form's transform, and fly-replay-delete-header):
+// a new path and query, headers removed, headers replaced. The replay
+// package has refused names the proxy owns (framing, hop-by-hop, Fly-*),
+// so a transform cannot break the request's framing or spoof our headers.
+// The changes stay for any later replay in the chain.
+func applyTransform(r *http.Request, t replay.Transform) {
+	if t.Path != "" {
+		r.RequestURI = t.Path
+		if u, err := url.ParseRequestURI(t.Path); err == nil {
+			r.URL = u
+		}
+	}
+	for _, name := range t.DeleteHeaders {
+		r.Header.Del(name)
+	}
+	for _, hv := range t.SetHeaders {
+		r.Header.Set(hv.Name, hv.Value)
+	}
 }

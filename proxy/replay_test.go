@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/websocket"
 )
 
 // echoMachine answers with what it received: method, body hash and length,
@@ -244,4 +246,99 @@ func TestReplayFallback(t *testing.T) {
 		p := startProxy(t, oneApp("", []string{m1.addr}))
 		wantProxyError(t, do(newClient(t), newRequest(t, http.MethodGet, p.url("/"), webHost, nil)), CodeReplayLoop)
 	})
+}
+
+func TestReplayTransform(t *testing.T) {
+	jsonReplay := func(instruction string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/vnd.fly.replay+json")
+			io.WriteString(w, instruction)
+		}
+	}
+	m1 := startMachine(t, "m1", jsonReplay(`{"region":"syd","transform":{"path":"/new/path?param=value",
+		"delete_headers":["x-unwanted-header","cookie"],
+		"set_headers":[{"name":"authorization","value":"Bearer token123"},{"name":"X-Added","value":"yes"}]}}`), nil)
+	m2 := startMachine(t, "m2", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s body=%s auth=%q unwanted=%q cookie=%q added=%q kept=%q",
+			r.Method, r.RequestURI, b, r.Header.Values("Authorization"), r.Header.Get("X-Unwanted-Header"),
+			r.Header.Get("Cookie"), r.Header.Get("X-Added"), r.Header.Get("X-Kept"))
+	}, nil)
+	p := startProxy(t, oneApp("", []string{m1.addr, m2.addr}, "iad", "syd"))
+	req := newRequest(t, http.MethodPut, p.url("/old?q=1"), webHost, strings.NewReader("data"))
+	req.Header.Set("X-Unwanted-Header", "drop me")
+	req.Header.Set("Cookie", "session=1")
+	req.Header.Add("Authorization", "Basic old1")
+	req.Header.Add("Authorization", "Basic old2")
+	req.Header.Set("X-Kept", "kept")
+	r := do(newClient(t), req)
+	want := `PUT /new/path?param=value body=data auth=["Bearer token123"] unwanted="" cookie="" added="yes" kept="kept"`
+	if r.status != 200 || r.body != want {
+		t.Errorf("target got:\n%d %s\nwant:\n200 %s", r.status, r.body, want)
+	}
+}
+
+func TestReplayWebSocket(t *testing.T) {
+	// m1 must not accept the upgrade itself: it answers fly-replay, and
+	// the target negotiates the WebSocket (Fly's documented pattern).
+	m1 := startMachine(t, "m1", replayer("region=syd;state=ws", 0), nil)
+	src := make(chan string, 1)
+	echo := websocket.Handler(func(ws *websocket.Conn) {
+		src <- ws.Request().Header.Get("Fly-Replay-Src")
+		io.Copy(ws, ws)
+	})
+	m2 := startMachine(t, "m2", echo.ServeHTTP, nil)
+	p := startProxy(t, oneApp("", []string{m1.addr, m2.addr}, "iad", "syd"))
+
+	cfg, err := websocket.NewConfig("ws://"+webHost+"/echo", "http://"+webHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := websocket.NewClient(cfg, dialProxy(t, p.httpAddr))
+	if err != nil {
+		t.Fatalf("websocket handshake through a replay: got %v, want 101 from the target", err)
+	}
+	defer ws.Close()
+	if got := <-src; !strings.HasPrefix(got, "instance=m1;region=iad;t=") || !strings.HasSuffix(got, ";state=ws") {
+		t.Errorf("target's fly-replay-src: got %q, want instance=m1;region=iad;t=…;state=ws", got)
+	}
+	if err := websocket.Message.Send(ws, "hello"); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	var got string
+	if err := websocket.Message.Receive(ws, &got); err != nil || got != "hello" {
+		t.Fatalf("echo: got %q, %v; want hello", got, err)
+	}
+	if n := m1.requests.Load(); n != 1 {
+		t.Errorf("replaying machine saw %d requests, want 1", n)
+	}
+}
+
+func TestReplayKeepsConnections(t *testing.T) {
+	m1 := startMachine(t, "m1", replayer("region=syd", -1), nil)
+	json := startMachine(t, "m3", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/vnd.fly.replay+json")
+		io.WriteString(w, `{"region":"syd"}`)
+	}, nil)
+	m2 := startMachine(t, "m2", nil, nil)
+	p := startProxy(t, oneApp("", []string{m1.addr, m2.addr, json.addr}, "iad", "syd", "iad"))
+	c := newClient(t)
+	for _, first := range []string{"m1", "m3"} {
+		for i := range 5 {
+			req := newRequest(t, http.MethodPost, p.url("/"), webHost, strings.NewReader("body"))
+			req.Header.Set("Fly-Prefer-Instance-Id", first)
+			if r := do(c, req); r.status != 200 || r.body != "m2" {
+				t.Fatalf("request %d via %s: got %d %q, want 200 from m2", i, first, r.status, r.body)
+			}
+		}
+	}
+	// A replay answer read whole, with the request body written whole,
+	// leaves its connection reusable.
+	if n := m1.accepts.Load(); n != 1 {
+		t.Errorf("header-form replaying machine accepted %d connections for 5 requests, want 1", n)
+	}
+	if n := json.accepts.Load(); n != 1 {
+		t.Errorf("JSON-form replaying machine accepted %d connections for 5 requests, want 1", n)
+	}
 }

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"io"
 	"net"
 	"net/http"
@@ -92,51 +91,20 @@ func (t *tunnels) count() int {
 	return len(t.conns)
 }
 
-// tunnel forwards an upgrade request on a fresh connection (never a pooled
-// one) and, when the machine answers 101, splices client and machine
-// together until either side closes. Any other answer is relayed as a
-// normal response and the connection is closed.
-func (h *Handler) tunnel(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo) {
+// switchProtocols splices client and machine together after the machine
+// answered an upgrade request with 101, until either side closes. The
+// request reached this machine through forward, so an upgrade answered
+// with fly-replay (and any other status) was handled like any request:
+// only the final machine's 101 makes a tunnel. c is closed on return.
+func (h *Handler) switchProtocols(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, c *upConn, resp *http.Response, bodyDone <-chan error, unwatch func() bool) {
 	ctx := r.Context()
-	c, reused, code, err := h.connect(ctx, x, false)
-	if err != nil {
-		h.fail(w, x, code, err.Error(), err)
-		return
-	}
-	if reused { // upgrades get a connection of their own
-		c.up.put(c, time.Now())
-		if c, err = c.up.dial(ctx); err != nil {
-			h.fail(w, x, CodeRetriesFailed, "could not connect to the machine", err)
-			return
-		}
-	}
 	defer c.close()
-	upStart := time.Now()
-	resp, bodyDone, unwatch, err := h.roundTrip(ctx, w, r, c, fi)
 	if bodyDone != nil {
 		defer stopBodyWrite(w, c, bodyDone)
 	}
-	if err != nil {
-		h.fail(w, x, CodeUpstreamFailed, "the machine closed the connection before a complete response", err)
-		return
-	}
 	defer unwatch()
-	upDone := time.Now()
-	hdr := w.Header()
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		copyResponseHeader(hdr, resp.Header)
-		hdr[hdrRequestIDResp] = x.idHeader
-		setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, serverTiming(x.routeDur, x.queued, 0, upDone.Sub(upStart)))
-		x.status = resp.StatusCode
-		w.WriteHeader(resp.StatusCode)
-		n, rerr, werr := copyBody(w, resp.Body, true)
-		x.bytesOut = n
-		if rerr != nil && werr == nil {
-			// As in forward: a cut response must reach the client cut.
-			x.err = rerr
-			_ = http.NewResponseController(w).Flush()
-			panic(http.ErrAbortHandler)
-		}
+	if fi.upgrade == "" {
+		h.fail(w, x, CodeUpgradeRejected, "the machine switched protocols for a request that did not ask to", nil)
 		return
 	}
 	if !strings.EqualFold(resp.Header.Get("Upgrade"), fi.upgrade) {
@@ -202,5 +170,3 @@ func splice(dst net.Conn, src io.Reader) int64 {
 	}
 	return n
 }
-
-var _ = bufio.NewReader
