@@ -326,15 +326,16 @@ func TestReplayKeepsConnections(t *testing.T) {
 	c := newClient(t)
 	for _, first := range []string{"m1", "m3"} {
 		for i := range 5 {
-			req := newRequest(t, http.MethodPost, p.url("/"), webHost, strings.NewReader("body"))
+			req := newRequest(t, http.MethodGet, p.url("/"), webHost, nil)
 			req.Header.Set("Fly-Prefer-Instance-Id", first)
 			if r := do(c, req); r.status != 200 || r.body != "m2" {
 				t.Fatalf("request %d via %s: got %d %q, want 200 from m2", i, first, r.status, r.body)
 			}
 		}
 	}
-	// A replay answer read whole, with the request body written whole,
-	// leaves its connection reusable.
+	// A replay answer read whole leaves its connection reusable. (With a
+	// request body it is reused too when the body was written whole by
+	// the time the answer came, which a test cannot make certain.)
 	if n := m1.accepts.Load(); n != 1 {
 		t.Errorf("header-form replaying machine accepted %d connections for 5 requests, want 1", n)
 	}
