@@ -10,6 +10,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/godwit/godwit/replay"
 )
 
 // maxFileSize bounds a config file or an imported fly.toml.
@@ -346,6 +349,7 @@ func (l *loader) proxy(r *reader, p *Proxy) {
 	r.duration("upstream_idle_timeout", &p.UpstreamIdleTimeout, true)
 	r.integer("max_idle_per_machine", &p.MaxIdlePerMachine, 0, 1<<20)
 	r.integer("replay_body_limit", &p.ReplayBodyLimit, 0, 1<<30)
+	r.integer("replay_cache_entries", &p.ReplayCacheEntries, 0, 10_000_000)
 	r.duration("drain_timeout", &p.DrainTimeout, false)
 	r.done()
 }
@@ -496,10 +500,16 @@ func (l *loader) httpService(r *reader, s *HTTPService, fly bool) {
 	for _, cr := range r.tables("tcp_checks") {
 		s.TCPChecks = append(s.TCPChecks, l.check(cr, l.def.TCPCheck, true))
 	}
+
+	o := r.table("http_options")
+	s.ReplayCache = l.replayCache(o.tables("replay_cache"))
 	if fly {
-		// Keys of fly.toml's [http_service] that godwit has no use for.
-		r.ignore("processes", "http_options", "tls_options", "proxy_proto_options")
+		// Keys of fly.toml's [http_service] and [http_service.http_options]
+		// that godwit has no use for.
+		r.ignore("processes", "tls_options", "proxy_proto_options")
+		o.ignore("compress", "response", "h2_backend", "idle_timeout", "headers_read_timeout")
 	}
+	o.done()
 	r.done()
 }
 
@@ -524,6 +534,84 @@ func (l *loader) check(r *reader, c Check, tcp bool) Check {
 	}
 	r.done()
 	return c
+}
+
+// replayCache reads the replay_cache rules of one app. Two rules with the
+// same pattern would claim the same requests, one of them in vain, so they
+// are an error.
+func (l *loader) replayCache(rs []*reader) []ReplayCacheRule {
+	patterns := make(map[replay.Pattern]*value) // pattern → its path_prefix
+	var rules []ReplayCacheRule
+	for _, r := range rs {
+		c := l.def.ReplayCache
+		if v := r.str("path_prefix", &c.PathPrefix); v != nil {
+			p, err := replay.ParsePattern("path_prefix", c.PathPrefix)
+			var re *replay.Error
+			switch {
+			case c.PathPrefix == "":
+				r.errorf(v.line, "path_prefix", "must not be empty")
+			case errors.As(err, &re):
+				r.errorf(v.line, "path_prefix", "bad pattern %q: %s", c.PathPrefix, re.Msg)
+			case err != nil:
+				r.errorf(v.line, "path_prefix", "bad pattern %q: %v", c.PathPrefix, err)
+			case patterns[p] != nil:
+				first := patterns[p]
+				r.errorf(v.line, "path_prefix", "%q is the same pattern as %q (line %d)", c.PathPrefix, first.str, first.line)
+			default:
+				c.Pattern = p
+				patterns[p] = v
+			}
+		} else if !r.has("path_prefix") {
+			r.errorf(r.line, "path_prefix", "a replay_cache rule needs a path_prefix")
+		}
+
+		var ttl int
+		minTTL, maxTTL := int(replay.MinCacheTTL/time.Second), int(replay.MaxCacheTTL/time.Second)
+		if r.integer("ttl_seconds", &ttl, minTTL, maxTTL) != nil {
+			c.TTL = time.Duration(ttl) * time.Second
+		} else if !r.has("ttl_seconds") {
+			r.errorf(r.line, "ttl_seconds", "a replay_cache rule needs ttl_seconds")
+		}
+
+		if r.enum("type", &c.Type, ReplayCacheCookie, ReplayCacheHeader) == nil && !r.has("type") {
+			r.errorf(r.line, "type", "a replay_cache rule needs a type")
+		}
+		if v := r.str("name", &c.Name); v != nil {
+			what := c.Type + " name" // c.Type is "" when type is missing or wrong
+			if c.Type == "" {
+				what = "cookie or header name"
+			}
+			switch {
+			case c.Name == "":
+				r.errorf(v.line, "name", "must not be empty")
+			case !isToken(c.Name):
+				r.errorf(v.line, "name", "%q is not a valid %s: want letters, digits and !#$%%&'*+-.^_`|~", c.Name, what)
+			case c.Type == ReplayCacheHeader && strings.HasPrefix(strings.ToLower(c.Name), "fly-"):
+				r.errorf(v.line, "name", "%q: the proxy removes fly- headers from client requests, so this rule would never match", c.Name)
+			}
+		} else if !r.has("name") {
+			r.errorf(r.line, "name", "a replay_cache rule needs a name")
+		}
+
+		r.boolean("allow_bypass", &c.AllowBypass)
+		r.done()
+		rules = append(rules, c)
+	}
+	return rules
+}
+
+// isToken reports whether s is an HTTP token (RFC 9110), the syntax of
+// header names and, by RFC 6265, of cookie names.
+func isToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+		if !ok {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // machines reads the [[machine]] tables; apps are the apps already read.

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/godwit/godwit/replay"
 )
 
 // fullConfig sets every key to a value other than its default.
@@ -56,6 +58,7 @@ max_queue = 10
 upstream_idle_timeout = "4s"
 max_idle_per_machine = 8
 replay_body_limit = 2097152
+replay_cache_entries = 0
 drain_timeout = "1m"
 
 [[app]]
@@ -91,11 +94,29 @@ primary_region = "fra"
     grace_period = 1000
     interval = "20s"
     timeout = "3s"
+    [[app.http_service.http_options.replay_cache]]
+    path_prefix = "/"
+    ttl_seconds = 300
+    type = "cookie"
+    name = "session_id"
+    [[app.http_service.http_options.replay_cache]]
+    path_prefix = "Web.Example.com/api/*"
+    ttl_seconds = 31536000
+    type = "header"
+    name = "X-Session"
+    allow_bypass = true
+    [[app.http_service.http_options.replay_cache]]
+    path_prefix = "/api"
+    ttl_seconds = 10
+    type = "cookie"
+    name = "__Host-sid"
 
 [[app]]
 name = "api"
 hosts = ["api.example.com"]
-http_service = { auto_stop_machines = true, concurrency = { hard_limit = 30 } }
+http_service = { auto_stop_machines = true, concurrency = { hard_limit = 30 }, http_options = { replay_cache = [
+  { path_prefix = "/graphql/", ttl_seconds = 60, type = "header", name = "Authorization", allow_bypass = false },
+] } }
 
 [[machine]]
 id = "m-fra-1"
@@ -140,6 +161,7 @@ func TestParseEveryKey(t *testing.T) {
 			UpstreamIdleTimeout: 4 * time.Second,
 			MaxIdlePerMachine:   8,
 			ReplayBodyLimit:     2 << 20,
+			ReplayCacheEntries:  0,
 			DrainTimeout:        time.Minute,
 		},
 		Apps: []App{
@@ -170,6 +192,12 @@ func TestParseEveryKey(t *testing.T) {
 						{Interval: 15 * time.Second, Timeout: 2 * time.Second, Method: "GET", Path: "/ready", Protocol: CheckHTTP},
 					},
 					TCPChecks: []Check{{GracePeriod: time.Second, Interval: 20 * time.Second, Timeout: 3 * time.Second}},
+					ReplayCache: []ReplayCacheRule{
+						{PathPrefix: "/", Pattern: replay.Pattern{}, TTL: 5 * time.Minute, Type: ReplayCacheCookie, Name: "session_id"},
+						{PathPrefix: "Web.Example.com/api/*", Pattern: replay.Pattern{Host: "web.example.com", Path: "/api"},
+							TTL: 365 * 24 * time.Hour, Type: ReplayCacheHeader, Name: "X-Session", AllowBypass: true},
+						{PathPrefix: "/api", Pattern: replay.Pattern{Path: "/api"}, TTL: 10 * time.Second, Type: ReplayCacheCookie, Name: "__Host-sid"},
+					},
 				},
 			},
 			{
@@ -181,6 +209,9 @@ func TestParseEveryKey(t *testing.T) {
 					AutoStopMachines:  AutoStopStop,
 					AutoStartMachines: true,
 					Concurrency:       Concurrency{Type: ConcurrencyConnections, SoftLimit: 20, HardLimit: 30},
+					ReplayCache: []ReplayCacheRule{
+						{PathPrefix: "/graphql/", Pattern: replay.Pattern{Path: "/graphql"}, TTL: time.Minute, Type: ReplayCacheHeader, Name: "Authorization"},
+					},
 				},
 			},
 		},
@@ -244,6 +275,7 @@ func TestDefaults(t *testing.T) {
 			UpstreamIdleTimeout: 30 * time.Second,
 			MaxIdlePerMachine:   64,
 			ReplayBodyLimit:     1 << 20,
+			ReplayCacheEntries:  10000,
 			DrainTimeout:        30 * time.Second,
 		},
 	}
@@ -288,12 +320,24 @@ hosts = ["web.example.com"]
 [[app.http_service.checks]]
 [[app.http_service.tcp_checks]]
 [app.http_service.concurrency]
+[app.http_service.http_options]
 `,
 			with(func(c *Config) {
 				svc := flyService
 				svc.Checks = []Check{appCheck}
 				svc.TCPChecks = []Check{tcpCheck}
 				c.Apps = []App{{Name: "web", Hosts: []string{"web.example.com"}, Org: "personal", PrimaryRegion: "local", HTTPService: svc}}
+			}),
+		},
+		{
+			"replay cache off, rule with defaults",
+			"[proxy]\nreplay_cache_entries = 0\n[[app]]\nname = \"a\"\nhosts = [\"a\"]\n" +
+				"[[app.http_service.http_options.replay_cache]]\npath_prefix = \"a.example/\"\nttl_seconds = 10\ntype = \"header\"\nname = \"x-sid\"\n",
+			with(func(c *Config) {
+				c.Proxy.ReplayCacheEntries = 0
+				svc := flyService
+				svc.ReplayCache = []ReplayCacheRule{{PathPrefix: "a.example/", Pattern: replay.Pattern{Host: "a.example"}, TTL: 10 * time.Second, Type: "header", Name: "x-sid"}}
+				c.Apps = []App{{Name: "a", Hosts: []string{"a"}, Org: "personal", PrimaryRegion: "local", HTTPService: svc}}
 			}),
 		},
 		{
@@ -326,6 +370,49 @@ hosts = ["web.example.com"]
 			}
 			compareConfig(t, got, tt.want)
 		})
+	}
+}
+
+// TestReplayCacheAccepts checks rules that are valid although they may look
+// wrong: a cookie may be named fly-..., hosts make patterns differ, and two
+// apps may use the same pattern.
+func TestReplayCacheAccepts(t *testing.T) {
+	const data = `
+[[app]]
+name = "web"
+hosts = ["web.example.com"]
+  [[app.http_service.http_options.replay_cache]]
+  path_prefix = "/api"
+  ttl_seconds = 60
+  type = "cookie"
+  name = "fly-sid"
+  [[app.http_service.http_options.replay_cache]]
+  path_prefix = "web.example.com/api"
+  ttl_seconds = 60
+  type = "header"
+  name = "Authorization"
+[[app]]
+name = "api"
+hosts = ["api.example.com"]
+  [[app.http_service.http_options.replay_cache]]
+  path_prefix = "/api/*"
+  ttl_seconds = 60
+  type = "cookie"
+  name = "sid"
+`
+	cfg, err := Parse([]byte(data), "r.toml")
+	if err != nil {
+		t.Fatalf("got error\n%v\nwant none", err)
+	}
+	var got []replay.Pattern
+	for _, a := range cfg.Apps {
+		for _, r := range a.HTTPService.ReplayCache {
+			got = append(got, r.Pattern)
+		}
+	}
+	want := []replay.Pattern{{Path: "/api"}, {Host: "web.example.com", Path: "/api"}, {Path: "/api"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("patterns: got %+v, want %+v", got, want)
 	}
 }
 
@@ -427,6 +514,13 @@ func TestLoadExample(t *testing.T) {
 	}
 	if got, want := cfg.Node.Region, "iad"; got != want {
 		t.Errorf("node.region: got %q, want %q", got, want)
+	}
+	if got, want := cfg.Proxy.ReplayCacheEntries, 10000; got != want {
+		t.Errorf("proxy.replay_cache_entries: got %d, want %d", got, want)
+	}
+	wantRules := []ReplayCacheRule{{PathPrefix: "/", TTL: 300 * time.Second, Type: ReplayCacheCookie, Name: "session_id"}}
+	if len(cfg.Apps) > 0 && !reflect.DeepEqual(cfg.Apps[0].HTTPService.ReplayCache, wantRules) {
+		t.Errorf("app web: replay_cache:\ngot  %+v\nwant %+v", cfg.Apps[0].HTTPService.ReplayCache, wantRules)
 	}
 }
 

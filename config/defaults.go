@@ -14,6 +14,8 @@ type defaultSet struct {
 	Check    Check   // an [[app.http_service.checks]]
 	TCPCheck Check   // an [[app.http_service.tcp_checks]]
 	Machine  Machine // a [[machine]]
+
+	ReplayCache ReplayCacheRule // an [[app.http_service.http_options.replay_cache]]
 }
 
 // defaults returns every default of the file format; no other code chooses
@@ -48,6 +50,7 @@ func defaults(hostname string) defaultSet {
 				UpstreamIdleTimeout: 30 * time.Second,
 				MaxIdlePerMachine:   64,
 				ReplayBodyLimit:     1 << 20,
+				ReplayCacheEntries:  10000,
 				DrainTimeout:        30 * time.Second,
 			},
 		},
@@ -80,6 +83,9 @@ func defaults(hostname string) defaultSet {
 		Machine: Machine{
 			State:  StateStarted,
 			Driver: Driver{Kind: DriverNone},
+		},
+		ReplayCache: ReplayCacheRule{
+			AllowBypass: false, // every other key is required
 		},
 	}
 }

@@ -39,6 +39,18 @@ func checkErrors(t *testing.T, err error, file string, want []wantErr) {
 
 const minimalApp = "[[app]]\nname = \"web\"\nhosts = [\"web.example.com\"]\n"
 
+// replayRule is minimalApp with a replay_cache rule's header on line 4.
+const replayRule = minimalApp + "[[app.http_service.http_options.replay_cache]]\n"
+
+// rule is replayRule with its four required keys set to the given TOML
+// values: path_prefix on line 5, ttl_seconds 6, type 7, name 8.
+func rule(pathPrefix, ttl, typ, name string) string {
+	return replayRule + "path_prefix = " + pathPrefix + "\nttl_seconds = " + ttl + "\ntype = " + typ + "\nname = " + name + "\n"
+}
+
+// rk is the key of the first replay_cache rule's k.
+func rk(k string) string { return "app[0].http_service.http_options.replay_cache[0]." + k }
+
 func TestErrors(t *testing.T) {
 	tests := []struct {
 		name string
@@ -149,6 +161,42 @@ func TestErrors(t *testing.T) {
 		{"exec without command", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\nkind = \"exec\"\n", []wantErr{{9, "machine[0].driver.command", "needs a command"}}},
 		{"exec with empty command", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\nkind = \"exec\"\ncommand = []\n", []wantErr{{10, "machine[0].driver.command", "must name a program"}}},
 		{"command without exec", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\ncommand = [\"./app\"]\n", []wantErr{{9, "machine[0].driver.command", `driver.kind is "none"`}}},
+
+		// Replay cache.
+		{"negative replay_cache_entries", "[proxy]\nreplay_cache_entries = -1\n", []wantErr{{2, "proxy.replay_cache_entries", "must not be negative"}}},
+		{"huge replay_cache_entries", "[proxy]\nreplay_cache_entries = 10_000_001\n", []wantErr{{2, "proxy.replay_cache_entries", "must be at most 10000000"}}},
+		{"string replay_cache_entries", "[proxy]\nreplay_cache_entries = \"10k\"\n", []wantErr{{2, "proxy.replay_cache_entries", "must be an integer, not a string"}}},
+		{"rule without keys", replayRule, []wantErr{
+			{4, rk("path_prefix"), "needs a path_prefix"}, {4, rk("ttl_seconds"), "needs ttl_seconds"},
+			{4, rk("type"), "needs a type"}, {4, rk("name"), "needs a name"}}},
+		{"empty path_prefix", rule(`""`, "300", `"cookie"`, `"sid"`), []wantErr{{5, rk("path_prefix"), "must not be empty"}}},
+		{"path_prefix with space", rule(`"/a b"`, "300", `"cookie"`, `"sid"`), []wantErr{{5, rk("path_prefix"), `bad pattern "/a b": only visible ASCII`}}},
+		{"path_prefix with port", rule(`"api.example.com:8443/api"`, "300", `"cookie"`, `"sid"`), []wantErr{{5, rk("path_prefix"), "host must be a name without a port"}}},
+		{"path_prefix inner star", rule(`"/a/*/b"`, "300", `"cookie"`, `"sid"`), []wantErr{{5, rk("path_prefix"), "'*' may only end the pattern"}}},
+		{"path_prefix not a string", rule("7", "300", `"cookie"`, `"sid"`), []wantErr{{5, rk("path_prefix"), "must be a string, not an integer"}}},
+		{"ttl too short", rule(`"/"`, "5", `"cookie"`, `"sid"`), []wantErr{{6, rk("ttl_seconds"), "must be at least 10, got 5"}}},
+		{"ttl too long", rule(`"/"`, "31536001", `"cookie"`, `"sid"`), []wantErr{{6, rk("ttl_seconds"), "must be at most 31536000"}}},
+		{"ttl as duration", rule(`"/"`, `"5m"`, `"cookie"`, `"sid"`), []wantErr{{6, rk("ttl_seconds"), "must be an integer, not a string"}}},
+		{"ttl fraction", rule(`"/"`, "10.5", `"cookie"`, `"sid"`), []wantErr{{6, rk("ttl_seconds"), "must be an integer, not a float"}}},
+		{"unknown type", rule(`"/"`, "300", `"query"`, `"sid"`), []wantErr{{7, rk("type"), `unknown value "query", want "cookie" or "header"`}}},
+		{"empty name", rule(`"/"`, "300", `"cookie"`, `""`), []wantErr{{8, rk("name"), "must not be empty"}}},
+		{"bad cookie name", rule(`"/"`, "300", `"cookie"`, `"session id"`), []wantErr{{8, rk("name"), `"session id" is not a valid cookie name`}}},
+		{"cookie name with =", rule(`"/"`, "300", `"cookie"`, `"sid="`), []wantErr{{8, rk("name"), "not a valid cookie name"}}},
+		{"bad header name", rule(`"/"`, "300", `"header"`, `"X-Session:"`), []wantErr{{8, rk("name"), `"X-Session:" is not a valid header name`}}},
+		{"fly- header", rule(`"/"`, "300", `"header"`, `"Fly-Session"`), []wantErr{{8, rk("name"), "removes fly- headers"}}},
+		{"fly- header lower case", rule(`"/"`, "300", `"header"`, `"fly-client-ip"`), []wantErr{{8, rk("name"), "removes fly- headers"}}},
+		{"bad name and type", rule(`"/"`, "300", `"query"`, `"a b"`), []wantErr{
+			{7, rk("type"), "unknown value"}, {8, rk("name"), "not a valid cookie or header name"}}},
+		{"allow_bypass not bool", rule(`"/"`, "300", `"cookie"`, `"sid"`) + "allow_bypass = \"yes\"\n", []wantErr{{9, rk("allow_bypass"), "must be a boolean, not a string"}}},
+		{"unknown key in rule", rule(`"/"`, "300", `"cookie"`, `"sid"`) + "nmae = \"x\"\n", []wantErr{{9, rk("nmae"), `did you mean "name"?`}}},
+		{"unknown key in http_options", minimalApp + "[app.http_service.http_options]\ncompress = true\n", []wantErr{{5, "app[0].http_service.http_options.compress", "unknown key"}}},
+		{"replay_cache as table", minimalApp + "[app.http_service.http_options.replay_cache]\n", []wantErr{{4, "app[0].http_service.http_options.replay_cache", "must be an array of tables"}}},
+		{"same pattern twice", rule(`"/api"`, "300", `"cookie"`, `"sid"`) +
+			"[[app.http_service.http_options.replay_cache]]\npath_prefix = \"/api/*\"\nttl_seconds = 60\ntype = \"header\"\nname = \"x-sid\"\n",
+			[]wantErr{{10, "app[0].http_service.http_options.replay_cache[1].path_prefix", `"/api/*" is the same pattern as "/api" (line 5)`}}},
+		{"same host pattern twice", rule(`"A.example/x"`, "300", `"cookie"`, `"sid"`) +
+			"[[app.http_service.http_options.replay_cache]]\npath_prefix = \"a.example/x/\"\nttl_seconds = 60\ntype = \"cookie\"\nname = \"sid\"\n",
+			[]wantErr{{10, "app[0].http_service.http_options.replay_cache[1].path_prefix", `"a.example/x/" is the same pattern as "A.example/x" (line 5)`}}},
 
 		// TLS.
 		{"cert without key", "[tls]\ncert_file = \"c.pem\"\n", []wantErr{{2, "tls.cert_file", "tls.key_file is required"}}},

@@ -1,9 +1,10 @@
 package config
 
 // importFlyToml reads the fly.toml named by an app's fly_toml key (v) and
-// takes from it the [http_service] table and, unless the app sets its own
-// (regionSet), primary_region. Every other table of the fly.toml (app,
-// build, env, mounts, vm, services, ...) is ignored. Errors in the fly.toml
+// takes from it the [http_service] table (with its
+// [[http_service.http_options.replay_cache]] rules) and, unless the app sets
+// its own (regionSet), primary_region. Every other table of the fly.toml
+// (app, build, env, mounts, vm, services, ...) is ignored. Errors in the fly.toml
 // name that file and its line; a file that cannot be read is an error on
 // the fly_toml key.
 func (l *loader) importFlyToml(r *reader, v *value, a *App, regionSet bool) {

@@ -6,9 +6,11 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/godwit/godwit/replay"
 )
 
-// A fly.toml as `fly launch` writes it, plus checks.
+// A fly.toml as `fly launch` writes it, plus checks and http_options.
 const flyToml = `app = 'web-prod'
 primary_region = 'ord'
 
@@ -36,6 +38,29 @@ primary_region = 'ord'
     interval = 30000
     method = 'get'
     path = '/up'
+
+  [http_service.http_options]
+    compress = true
+    h2_backend = false
+    idle_timeout = 600
+    headers_read_timeout = 10
+    [http_service.http_options.response]
+      pristine = true
+      [http_service.http_options.response.headers]
+        X-Frame-Options = 'DENY'
+
+  [[http_service.http_options.replay_cache]]
+    path_prefix = '/'
+    ttl_seconds = 300
+    type = 'cookie'
+    name = 'session_id'
+
+  [[http_service.http_options.replay_cache]]
+    path_prefix = 'api.example.com/api/*'
+    ttl_seconds = 3600
+    type = 'header'
+    name = 'Authorization'
+    allow_bypass = true
 
 [[vm]]
   memory = '1gb'
@@ -105,6 +130,11 @@ fly_toml = "../apps/bare/fly.toml"
 			Path:        "/up",
 			Protocol:    CheckHTTP,
 		}},
+		ReplayCache: []ReplayCacheRule{
+			{PathPrefix: "/", TTL: 300 * time.Second, Type: ReplayCacheCookie, Name: "session_id"},
+			{PathPrefix: "api.example.com/api/*", Pattern: replay.Pattern{Host: "api.example.com", Path: "/api"},
+				TTL: time.Hour, Type: ReplayCacheHeader, Name: "Authorization", AllowBypass: true},
+		},
 	}
 	defaultSvc := HTTPService{
 		AutoStopMachines:  AutoStopOff,
@@ -170,6 +200,23 @@ func TestFlyTomlErrors(t *testing.T) {
 				{6, "http_service.force_htps", `did you mean "force_https"?`},
 				{9, "http_service.concurrency.hard_limit", "below soft_limit 10 (line 8)"},
 				{11, "http_service.checks[0].interval", "bad duration"},
+			},
+		},
+		{
+			name:   "bad replay_cache in fly.toml",
+			godwit: "[[app]]\nname = \"web\"\nhosts = [\"w\"]\nfly_toml = \"fly.toml\"\n",
+			fly: "[http_service]\n[http_service.http_options]\ncompres = true\n" +
+				"[[http_service.http_options.replay_cache]]\npath_prefix = '/a'\nttl_seconds = 1\ntype = 'header'\nname = 'fly-id'\n" +
+				"[[http_service.http_options.replay_cache]]\npath_prefix = '/a/'\n",
+			wantFile: "fly",
+			want: []wantErr{
+				{3, "http_service.http_options.compres", `did you mean "compress"?`},
+				{6, "http_service.http_options.replay_cache[0].ttl_seconds", "must be at least 10"},
+				{8, "http_service.http_options.replay_cache[0].name", "removes fly- headers"},
+				{9, "http_service.http_options.replay_cache[1].ttl_seconds", "needs ttl_seconds"},
+				{9, "http_service.http_options.replay_cache[1].type", "needs a type"},
+				{9, "http_service.http_options.replay_cache[1].name", "needs a name"},
+				{10, "http_service.http_options.replay_cache[1].path_prefix", `"/a/" is the same pattern as "/a" (line 5)`},
 			},
 		},
 	}

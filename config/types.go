@@ -3,6 +3,8 @@ package config
 import (
 	"log/slog"
 	"time"
+
+	"github.com/godwit/godwit/replay"
 )
 
 // Config is one node's validated configuration. Every other package receives
@@ -94,6 +96,7 @@ type Proxy struct {
 	UpstreamIdleTimeout time.Duration // pooled idle upstream connections close after this; default 30s
 	MaxIdlePerMachine   int           // idle upstream connections kept per machine; default 64
 	ReplayBodyLimit     int           // bytes of a request body kept so fly-replay can resend it; default 1 MiB (Fly's)
+	ReplayCacheEntries  int           // replay-cache entries kept, bounding its memory (the oldest makes room); 0 turns it off; default 10000
 	DrainTimeout        time.Duration // in-flight requests get this long on shutdown; default 30s
 }
 
@@ -124,6 +127,11 @@ type HTTPService struct {
 	Concurrency        Concurrency
 	Checks             []Check // HTTP checks ([[app.http_service.checks]])
 	TCPChecks          []Check // TCP checks ([[app.http_service.tcp_checks]])
+
+	// ReplayCache holds the session rules of fly.toml's
+	// [[http_service.http_options.replay_cache]]
+	// ([[app.http_service.http_options.replay_cache]] here), in file order.
+	ReplayCache []ReplayCacheRule
 }
 
 // Concurrency types.
@@ -158,6 +166,27 @@ type Check struct {
 	TLSServerName string            // for https
 	TLSSkipVerify bool              // for https
 	Headers       map[string]string // sent with each check
+}
+
+// Values of ReplayCacheRule.Type: what identifies a session.
+const (
+	ReplayCacheCookie = "cookie"
+	ReplayCacheHeader = "header"
+)
+
+// ReplayCacheRule is one session-based replay-cache rule, Fly's
+// replay_cache. When a machine answers a request under Pattern with
+// fly-replay, the proxy remembers where the replay went for that request's
+// session (the value of the cookie or header Name), so the session's next
+// requests under Pattern go straight there for TTL instead of visiting the
+// first machine again. Every key but allow_bypass is required.
+type ReplayCacheRule struct {
+	PathPrefix  string         // as written: "/api", "/api/*" or "api.example.com/api"
+	Pattern     replay.Pattern // PathPrefix parsed; the rules of one app have distinct patterns
+	TTL         time.Duration  // whole seconds, 10s to 365 days (Fly's bounds)
+	Type        string         // ReplayCacheCookie or ReplayCacheHeader
+	Name        string         // the cookie or header, as written; a token, and no fly- header
+	AllowBypass bool           // clients may skip the cache (fly-replay-cache-control: skip); default false
 }
 
 // Machine states at start.
