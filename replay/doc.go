@@ -4,7 +4,9 @@
 // the fly-replay-src and fly-replay-failed headers the proxy adds to the
 // requests it replays, the region aliases ("us", "eu", "any", ...) a replay
 // may name, and the buffered request body (Body) that makes a replay
-// possible.
+// possible, and the replay cache (Cache): instructions an edge remembers per
+// host and path (fly-replay-cache) or per session (replay_cache rules), so
+// later requests skip the source machine.
 //
 // ParseHeader and ParseJSON turn a response's instruction into a validated
 // Instruction; every refusal is an *Error that matches ErrInvalid, which the
@@ -13,6 +15,6 @@
 // replayed request.
 //
 // replay never routes or sends a request: it does not pick machines, follow
-// the loop limit, apply fallbacks or read the replay cache; the proxy does,
+// the loop limit, apply fallbacks or decide what to cache; the proxy does,
 // with the routing table. It knows nothing of gossip or sockets.
 package replay

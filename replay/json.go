@@ -76,11 +76,12 @@ func ParseJSON(body []byte) (Instruction, error) {
 	return in, nil
 }
 
-// Cacheable reports whether the replay may be stored in the replay cache:
-// it has a cache prefix and none of what Fly documents a cached replay
-// cannot carry (state, a transform, timeout, fallback).
+// Cacheable reports whether the replay may be stored in the replay cache,
+// by a fly-replay-cache prefix or a session rule: it carries none of what
+// Fly documents a cached replay cannot carry (state, a transform, timeout,
+// fallback), and it does not invalidate the cache.
 func (in Instruction) Cacheable() bool {
-	return in.Cache.Prefix != "" && in.State == "" && in.Timeout == 0 && in.Fallback == FallbackNone &&
+	return in.State == "" && in.Timeout == 0 && in.Fallback == FallbackNone && !in.Cache.Invalidate &&
 		in.Transform.Path == "" && len(in.Transform.DeleteHeaders) == 0 && len(in.Transform.SetHeaders) == 0
 }
 

@@ -177,7 +177,7 @@ func TestCacheable(t *testing.T) {
 		in   Instruction
 		want bool
 	}{
-		{"no cache", Instruction{App: "a"}, false},
+		{"no prefix (a session rule may cache it)", Instruction{App: "a"}, true},
 		{"invalidate", Instruction{Cache: CacheSpec{Invalidate: true}}, false},
 		{"prefix", Instruction{App: "a", Regions: []string{"iad"}, Cache: cache, AllowBypass: true}, true},
 		{"with state", Instruction{State: "s", Cache: cache}, false},
