@@ -189,6 +189,19 @@ type ReplayCacheRule struct {
 	AllowBypass bool           // clients may skip the cache (fly-replay-cache-control: skip); default false
 }
 
+// SessionRules returns the replay_cache rules as the replay cache matches
+// them (replay.MatchRule), in file order; nil when there are none.
+func (s HTTPService) SessionRules() []replay.SessionRule {
+	if len(s.ReplayCache) == 0 {
+		return nil
+	}
+	out := make([]replay.SessionRule, len(s.ReplayCache))
+	for i, r := range s.ReplayCache {
+		out[i] = replay.SessionRule{Pattern: r.Pattern, TTL: r.TTL, Header: r.Type == ReplayCacheHeader, Name: r.Name, AllowBypass: r.AllowBypass}
+	}
+	return out
+}
+
 // Machine states at start.
 const (
 	StateStarted = "started"

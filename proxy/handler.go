@@ -38,8 +38,9 @@ type Handler struct {
 	// request path (passive health); nil means nobody listens.
 	markFailing func(machineID string, err error)
 
-	pools    sync.Map // *routing.Machine → *upstream
-	tunnels  tunnels  // hijacked upgraded connections, closed on shutdown
+	cache    *replay.Cache // nil: disabled
+	pools    sync.Map      // *routing.Machine → *upstream
+	tunnels  tunnels       // hijacked upgraded connections, closed on shutdown
 	draining atomic.Bool
 }
 
@@ -66,6 +67,7 @@ type exchange struct {
 	constraints          routing.Constraints
 	preferredUnavailable string
 	replays              int           // fly-replay answers followed so far
+	cache                *cacheScope   // set once the replay cache concerns the request (a lookup, a replay)
 	routeDur             time.Duration // picking the first machine, queue wait excluded
 	firstUpStart         time.Time     // when the first machine was sent the request
 	app                  *routing.App
@@ -110,7 +112,24 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 	}
 
 	x.constraints = routingConstraints(r.Header, app)
-	m, code, err := h.pick(r.Context(), app, &x, nil)
+	var (
+		m    *routing.Machine
+		code Code
+		err  error
+		hit  bool
+	)
+	if h.cache != nil && (h.cache.Len() > 0 || len(app.SessionRules) > 0) {
+		x.cache = newCacheScope(r, app)
+		// A client's routing headers choose the first machine
+		// themselves: they bypass the cache.
+		if e, ok := h.cachedReplay(x.cache, x.start); ok && !x.constraints.Any() {
+			m, code, err = h.pickCached(r.Context(), &x, e)
+			hit = m != nil
+		}
+	}
+	if m == nil && err == nil {
+		m, code, err = h.pick(r.Context(), app, &x, nil)
+	}
 	if err != nil {
 		h.fail(w, &x, code, err.Error(), err)
 		return
@@ -129,6 +148,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 		chunked:   r.ContentLength < 0 || (len(r.TransferEncoding) > 0 && r.TransferEncoding[0] == "chunked"),
 	}
 	fi.preferredUnavailable = x.preferredUnavailable
+	if hit {
+		fi.replayCacheStatus = cacheHit
+		h.metrics.cacheRequests.WithLabelValues(x.cache.app.Name, cacheHit).Inc()
+	}
 	fi.upgrade = upgradeType(r)
 	h.forward(w, r, &x, &fi)
 }

@@ -106,7 +106,10 @@ type forwardInfo struct {
 	// replayFailed is the fly-replay-failed of a request a replay fallback
 	// returned to its replaying machine.
 	replayFailed string
-	chunked      bool // body framed with Transfer-Encoding: chunked
+	// replayCacheStatus is the fly-replay-cache-status of a replayed
+	// request: hit, miss or bypass.
+	replayCacheStatus string
+	chunked           bool // body framed with Transfer-Encoding: chunked
 }
 
 // writeRequestHead writes the request line and headers of r, rewritten for
@@ -146,6 +149,9 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request, fi *forwardInfo) {
 
 	if fi.replaySrc != "" {
 		writeHeader(bw, "Fly-Replay-Src", fi.replaySrc)
+	}
+	if fi.replayCacheStatus != "" {
+		writeHeader(bw, hdrReplayCacheStatus, fi.replayCacheStatus)
 	}
 	if fi.replayFailed != "" {
 		writeHeader(bw, "Fly-Replay-Failed", fi.replayFailed)

@@ -21,6 +21,11 @@ type metrics struct {
 	// replayDuration is the time a replayed request spent before its last
 	// machine: the machines that answered fly-replay and the re-picks.
 	replayDuration *prometheus.HistogramVec
+	// The replay cache: requests by the fly-replay-cache-status they got,
+	// entries stored by kind (path, session), entries invalidated.
+	cacheRequests      *prometheus.CounterVec
+	cacheStores        *prometheus.CounterVec
+	cacheInvalidations *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
@@ -66,7 +71,19 @@ func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
 		NativeHistogramMaxBucketNumber:  160,
 		NativeHistogramMinResetDuration: time.Hour,
 	}, []string{"app"})
-	reg.MustRegister(m.replays, m.replayDuration)
+	m.cacheRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "godwit_replay_cache_requests_total",
+		Help: "Replayed requests by the fly-replay-cache-status their target got: hit (from the replay cache, the source app skipped), miss (the source app answered fly-replay), bypass (the client sent fly-replay-cache-control: skip).",
+	}, []string{"app", "status"})
+	m.cacheStores = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "godwit_replay_cache_stores_total",
+		Help: "Replays stored in the replay cache, by kind: path (fly-replay-cache) or session (a replay_cache rule).",
+	}, []string{"app", "kind"})
+	m.cacheInvalidations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "godwit_replay_cache_invalidations_total",
+		Help: "Replay-cache entries dropped by fly-replay-cache: invalidate.",
+	}, []string{"app"})
+	reg.MustRegister(m.replays, m.replayDuration, m.cacheRequests, m.cacheStores, m.cacheInvalidations)
 	reg.MustRegister(m.requests, m.duration, m.rejections, m.queueWait, m.retries, &machineCollector{table: table})
 	return m
 }

@@ -24,6 +24,9 @@ const maxReplays = 10
 func replayInstruction(resp *http.Response) (ins replay.Instruction, ok, drained bool, err error) {
 	if v := resp.Header["Fly-Replay"]; len(v) > 0 {
 		ins, err = replay.ParseHeader(strings.Join(v, ";"))
+		if err == nil {
+			err = headerExtras(&ins, resp.Header)
+		}
 		return ins, true, false, err
 	}
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, replay.JSONContentType) {
@@ -35,6 +38,27 @@ func replayInstruction(resp *http.Response) (ins replay.Instruction, ok, drained
 	}
 	ins, err = replay.ParseJSON(body)
 	return ins, true, len(body) <= replay.MaxJSONBytes, err
+}
+
+// headerExtras reads the response headers that may come with a
+// fly-replay header: the replay cache's (fly-replay-cache,
+// fly-replay-cache-ttl-secs, fly-replay-cache-allow-bypass) and
+// fly-replay-delete-header, the header forms of the JSON form's cache,
+// allow_bypass and transform.delete_headers.
+func headerExtras(ins *replay.Instruction, h http.Header) error {
+	spec, bypass, err := replay.ParseCacheHeaders(h["Fly-Replay-Cache"], h["Fly-Replay-Cache-Ttl-Secs"], h["Fly-Replay-Cache-Allow-Bypass"])
+	if err != nil {
+		return err
+	}
+	ins.Cache, ins.AllowBypass = spec, bypass
+	if v := h["Fly-Replay-Delete-Header"]; len(v) > 0 {
+		names, err := replay.ParseDeleteHeaders(v)
+		if err != nil {
+			return err
+		}
+		ins.Transform.DeleteHeaders = names
+	}
+	return nil
 }
 
 // replayTarget works out where a replay goes: the app (this one, or
@@ -164,6 +188,12 @@ func (h *Handler) nextHop(w http.ResponseWriter, r *http.Request, x *exchange, f
 	if err != nil {
 		h.replayFailure(w, x, code, err.Error(), err)
 		return nil
+	}
+	if h.cache != nil {
+		if x.cache == nil {
+			x.cache = newCacheScope(r, x.app) // before any transform: the request as the source app got it
+		}
+		h.cacheReplay(x, fi, x.machine, ins)
 	}
 	applyTransform(r, ins.Transform)
 	rh := &replayHop{ins: ins, from: x.machine, fromApp: x.app, target: target, start: time.Now(), ctx: r.Context()}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/godwit/godwit/config"
 	"github.com/godwit/godwit/health"
+	"github.com/godwit/godwit/replay"
 	"github.com/godwit/godwit/routing"
 )
 
@@ -59,6 +60,9 @@ func New(cfg *config.Config, log *slog.Logger, reg *prometheus.Registry) (*Serve
 		ids:         newRequestIDs(cfg.Node.Region),
 		dialer:      &net.Dialer{Timeout: cfg.Proxy.ConnectTimeout, KeepAlive: 30 * time.Second},
 		markFailing: s.health.MarkFailing,
+	}
+	if cfg.Proxy.ReplayCacheEntries > 0 {
+		s.handler.cache = replay.NewCache(cfg.Proxy.ReplayCacheEntries)
 	}
 	if cfg.Listen.HTTPS != "" {
 		tc, selfSigned, err := tlsConfig(cfg.TLS, cfg.Apps)

@@ -119,6 +119,12 @@ func (a *App) Regions() []string {
 	return out
 }
 
+// Any reports whether c constrains the pick at all (it is not the zero
+// value).
+func (c Constraints) Any() bool {
+	return len(c.Regions) > 0 || c.Instance != "" || c.PreferInstance != "" || len(c.Exclude) > 0
+}
+
 // Restricts reports whether some usable machines of the app may not be
 // picked under c (so a slot freed on any machine will not always do).
 func (c Constraints) Restricts() bool {

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/godwit/godwit/config"
+	"github.com/godwit/godwit/replay"
 )
 
 // Pick errors, for callers to branch on.
@@ -26,6 +27,9 @@ type App struct {
 	Org           string
 	PrimaryRegion string
 	Config        config.App
+	// SessionRules are Config's replay_cache rules in the form the replay
+	// cache matches requests with, converted once here.
+	SessionRules []replay.SessionRule
 
 	regions  []regionSet // nearest first
 	machines []*Machine
@@ -212,7 +216,8 @@ func (t *Table) Update(apps []config.App, machines []config.Machine) {
 	}
 	for _, ac := range apps {
 		a := &App{Name: ac.Name, Org: ac.Org, PrimaryRegion: ac.PrimaryRegion, Config: ac,
-			byID: make(map[string]*Machine)}
+			SessionRules: ac.HTTPService.SessionRules(),
+			byID:         make(map[string]*Machine)}
 		if old != nil && old.apps[ac.Name] != nil {
 			a.queue = old.apps[ac.Name].queue
 		} else {
