@@ -120,3 +120,69 @@ func FuzzParseSrc(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParsePattern checks that ParsePattern never panics, refuses only with
+// ErrInvalid, and that an accepted pattern covers its own path, the paths
+// below it, and nothing beside it.
+func FuzzParsePattern(f *testing.F) {
+	for _, s := range []string{"/", "/*", "/api/*", "example.com/api", "Example.COM/a/b/", "/a*", "host:1/a", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePattern("p", s)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("ParsePattern(%q): error %v does not match ErrInvalid", s, err)
+			}
+			return
+		}
+		host := p.Host
+		if host == "" {
+			host = "any.example"
+		}
+		path := p.Path
+		if path == "" {
+			path = "/"
+		}
+		if !p.Matches(host, path) || !p.Matches(host, p.Path+"/below") {
+			t.Fatalf("ParsePattern(%q) = %+v does not cover %q or what is below it", s, p, path)
+		}
+		if p.Path != "" && p.Matches(host, p.Path+"x") {
+			t.Fatalf("ParsePattern(%q) = %+v covers the sibling %q", s, p, p.Path+"x")
+		}
+		again, err := ParsePattern("p", p.String())
+		if err != nil || again != p {
+			t.Fatalf("ParsePattern(%q) = %+v; its String() %q parses to %+v, %v", s, p, p.String(), again, err)
+		}
+	})
+}
+
+// FuzzParseCacheHeaders checks that the replay-cache headers never panic
+// the parser and that an accepted set is consistent: a pattern has a TTL in
+// range, invalidate has neither.
+func FuzzParseCacheHeaders(f *testing.F) {
+	f.Add("/api/*", "60", "yes")
+	f.Add("invalidate", "", "")
+	f.Add("/", "9", "maybe")
+	f.Fuzz(func(t *testing.T, cache, ttl, bypass string) {
+		opt := func(v string) []string {
+			if v == "" {
+				return nil
+			}
+			return []string{v}
+		}
+		spec, _, err := ParseCacheHeaders(opt(cache), opt(ttl), opt(bypass))
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not match ErrInvalid", err)
+			}
+			return
+		}
+		switch {
+		case spec.Invalidate && (spec.Prefix != "" || spec.TTL != 0):
+			t.Fatalf("invalidate with a pattern or TTL: %+v", spec)
+		case spec.Prefix != "" && (spec.TTL < MinCacheTTL || spec.TTL > MaxCacheTTL):
+			t.Fatalf("pattern with TTL %v out of range: %+v", spec.TTL, spec)
+		}
+	})
+}
