@@ -297,6 +297,8 @@ func TestForwardingHeaders(t *testing.T) {
 		"Fly-Request-Id: spoofed\r\n" +
 		"Fly-Forwarded-Proto: https\r\n" +
 		"fly-replay-src: instance=x;region=syd\r\n" +
+		"fly-replay-failed: reason=timeout\r\n" +
+		"Fly-Replay-Cache-Status: hit\r\n" +
 		"Fly-Anything: spoofed\r\n" +
 		"Connection: keep-alive, X-Hop-Secret\r\n" +
 		"X-Hop-Secret: hop\r\n" +
@@ -337,7 +339,7 @@ func TestForwardingHeaders(t *testing.T) {
 			t.Errorf("machine saw %s %q, want exactly %q", k, got, v)
 		}
 	}
-	for _, k := range []string{"Fly-Replay-Src", "Fly-Anything", "X-Hop-Secret", "Keep-Alive", "Proxy-Authorization", "Upgrade"} {
+	for _, k := range []string{"Fly-Replay-Src", "Fly-Replay-Failed", "Fly-Replay-Cache-Status", "Fly-Anything", "X-Hop-Secret", "Keep-Alive", "Proxy-Authorization", "Upgrade"} {
 		if got := r.Header.Values(k); len(got) > 0 {
 			t.Errorf("machine saw %s %q, want it dropped", k, got)
 		}
