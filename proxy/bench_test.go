@@ -1,0 +1,88 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+)
+
+// BenchmarkReplay measures one request through the proxy, in process, on
+// one keep-alive client connection: sent straight to the target app
+// (direct), answered with fly-replay by a source machine and replayed to the
+// target (replayed), and sent by the replay cache straight to the target
+// (cached). The machines run in the same process, so compare the
+// sub-benchmarks with each other, not with bench/replay.sh's figures.
+func BenchmarkReplay(b *testing.B) {
+	body := []byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+	src := startMachine(b, "s1", func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h["Fly-Replay"] = []string{"app=target"}
+		if r.URL.Path == "/cached" {
+			h["Fly-Replay-Cache"] = []string{"/cached"}
+			h["Fly-Replay-Cache-Ttl-Secs"] = []string{"3600"}
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}, nil)
+	dst := startMachine(b, "t1", func(w http.ResponseWriter, r *http.Request) { w.Write(body) }, nil)
+	p := startProxy(b, fmt.Sprintf(`
+[[app]]
+name  = "src"
+hosts = ["src.test"]
+[app.http_service.concurrency]
+type = "requests"
+soft_limit = 1000
+[[app]]
+name  = "target"
+hosts = ["target.test"]
+[app.http_service.concurrency]
+type = "requests"
+soft_limit = 1000
+[[machine]]
+id      = "s1"
+app     = "src"
+address = %q
+[[machine]]
+id      = "t1"
+app     = "target"
+address = %q
+`, src.addr, dst.addr))
+
+	for _, bc := range []struct{ name, host, path string }{
+		{"direct", "target.test", "/"},
+		{"replayed", "src.test", "/"},
+		{"cached", "src.test", "/cached"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			nc, err := net.Dial("tcp", p.httpAddr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer nc.Close()
+			req := []byte("GET " + bc.path + " HTTP/1.1\r\nHost: " + bc.host + "\r\n\r\n")
+			br := bufio.NewReader(nc)
+			roundTrip := func() {
+				if _, err := nc.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || n != int64(len(body)) {
+					b.Fatalf("got %d with %d bytes, want 200 with the target's %d", resp.StatusCode, n, len(body))
+				}
+			}
+			roundTrip() // fills the cache for "cached"
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				roundTrip()
+			}
+		})
+	}
+}
