@@ -30,11 +30,8 @@ declare -A PORT=([direct]=18000 [nginx]=18081 [haproxy]=18082 [godwit]=18083)
 GODWIT_ADMIN_PORT=19090
 HOST_HEADER="Host: bench.local"
 
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-	log "FATAL: $*"
-	exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 
 dur_s=${DURATION%s}
 [[ $dur_s =~ ^[0-9]+$ && $dur_s -gt 0 ]] || die "DURATION must be whole seconds like 10s (got $DURATION)"
@@ -43,180 +40,10 @@ DURATION=${dur_s}s
 for t in $TARGETS; do [[ -n ${PORT[$t]:-} ]] || die "unknown target $t (known: direct godwit nginx haproxy)"; done
 [[ $(nproc) -ge 2 ]] || log "WARNING: fewer than 2 CPUs; proxy and load share a core"
 
-TMP=$(mktemp -d /tmp/godwit-bench.XXXXXX)
-declare -A PID=()      # name -> pid of the process we started
-declare -A CPU_PIDS=() # target -> pids whose CPU time counts (process + children)
-STARTED=()             # names, in start order
-WRK_PID=               # the running wrk (via timeout), if any
-
-# ---------------------------------------------------------------- cleanup
-descendants() { # pid -> pid and all its descendants (scans /proc for ppid)
-	local root=$1 f s pp p
-	local -A kids=()
-	for f in /proc/[0-9]*/stat; do
-		{ s=$(<"$f"); } 2>/dev/null || continue
-		s=${s##*) }
-		read -r _ pp _ <<<"$s"
-		p=${f#/proc/}
-		p=${p%/stat}
-		kids[$pp]+="$p "
-	done
-	local queue=("$root") out=()
-	while ((${#queue[@]})); do
-		p=${queue[0]}
-		queue=("${queue[@]:1}")
-		out+=("$p")
-		for s in ${kids[$p]:-}; do queue+=("$s"); done
-	done
-	echo "${out[@]}"
-}
-
-stop_proc() { # name
-	local name=$1 pid=${PID[$1]:-} all p i
-	[[ -n $pid ]] || return 0
-	if kill -0 "$pid" 2>/dev/null; then
-		all=$(descendants "$pid")
-		# shellcheck disable=SC2086 # a list of pids
-		kill -TERM $all 2>/dev/null || true
-		for ((i = 0; i < 50; i++)); do
-			local alive=0
-			for p in $all; do kill -0 "$p" 2>/dev/null && alive=1; done
-			((alive)) || break
-			sleep 0.1
-		done
-		# shellcheck disable=SC2086
-		kill -KILL $all 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || true
-	unset "PID[$name]"
-}
-
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	local i
-	if [[ -n ${WRK_PID:-} ]]; then
-		kill -TERM "$WRK_PID" 2>/dev/null || true
-		wait "$WRK_PID" 2>/dev/null || true
-	fi
-	for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_proc "${STARTED[i]}"; done
-	if [[ ${KEEP_TMP:-0} == 1 || $rc -ne 0 ]]; then
-		log "logs kept in $TMP"
-	else
-		rm -rf "$TMP"
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------- install
-install_tools() {
-	local missing=() pkg
-	command -v wrk >/dev/null || missing+=(wrk)
-	command -v nginx >/dev/null || missing+=(nginx)
-	command -v haproxy >/dev/null || missing+=(haproxy)
-	command -v taskset >/dev/null || missing+=(util-linux)
-	((${#missing[@]})) || return 0
-	log "installing from Debian: ${missing[*]}"
-	[[ $(id -u) == 0 ]] || die "need root to apt-get install ${missing[*]}"
-	DEBIAN_FRONTEND=noninteractive apt-get update -q >"$TMP/apt.log" 2>&1 ||
-		die "apt-get update failed (see $TMP/apt.log)"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
-		>>"$TMP/apt.log" 2>&1 || die "apt-get install failed (see $TMP/apt.log)"
-	# The packages may have started (and enabled) system services: stop them,
-	# they would add noise and are not what we measure.
-	for pkg in "${missing[@]}"; do
-		[[ $pkg == nginx || $pkg == haproxy ]] || continue
-		if [[ -d /run/systemd/system ]]; then
-			systemctl disable --now "$pkg" >/dev/null 2>&1 || true
-		else
-			service "$pkg" stop >/dev/null 2>&1 || true
-		fi
-		if pgrep -x "$pkg" >/dev/null; then
-			log "WARNING: a system $pkg is still running: $(pgrep -ax "$pkg" | head -3 | tr '\n' ';')"
-		fi
-	done
-}
-
-# ---------------------------------------------------------------- helpers
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_port() { # name port -> 0 when open, 1 if the process died or 10 s passed
-	local name=$1 port=$2 i
-	for ((i = 0; i < 100; i++)); do
-		port_open "$port" && return 0
-		kill -0 "${PID[$name]}" 2>/dev/null || return 1
-		sleep 0.1 # poll interval, not synchronization
-	done
-	return 1
-}
-
-# probe port path size -> 0 if GET returns 200 with a body of exactly size bytes
-probe() {
-	local port=$1 path=$2 want=$3 resp status body
-	resp=$(
-		exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
-		printf 'GET %s HTTP/1.1\r\n%s\r\nConnection: close\r\n\r\n' "$path" "$HOST_HEADER" >&3
-		timeout 5 cat <&3
-	) 2>/dev/null || return 1
-	status=${resp%%$'\r'*}
-	body=${resp#*$'\r\n\r\n'}
-	[[ $status == "HTTP/1.1 200"* && ${#body} -eq $want ]] && return 0
-	log "probe :$port$path -> '${status:0:60}', body ${#body} bytes (want 200, $want)"
-	return 1
-}
-
-start() { # name core cmd... ; output goes to $TMP/name.log
-	local name=$1 core=$2
-	shift 2
-	taskset -c "$core" "$@" >"$TMP/$name.log" 2>&1 &
-	PID[$name]=$!
-	STARTED+=("$name")
-}
-
-clk_tck=$(getconf CLK_TCK)
-cpu_ticks() { # pids... -> summed utime+stime in clock ticks
-	local p s f total=0
-	for p in "$@"; do
-		s=$(<"/proc/$p/stat") || return 1
-		s=${s##*) }
-		read -r -a f <<<"$s"
-		# after "comm) ": f[0] is field 3 (state); utime is field 14, stime 15
-		total=$((total + f[11] + f[12]))
-	done
-	echo "$total"
-}
-
-# core_ticks N -> "busy total" clock ticks of CPU N from /proc/stat, where busy is
-# user+nice+system+irq+softirq+steal (steal: time the hypervisor gave elsewhere)
-core_ticks() {
-	local -a l
-	while read -r -a l; do
-		if [[ ${l[0]} == "cpu$1" ]]; then
-			echo "$((l[1] + l[2] + l[3] + l[6] + l[7] + l[8])) $((l[1] + l[2] + l[3] + l[4] + l[5] + l[6] + l[7] + l[8]))"
-			return 0
-		fi
-	done </proc/stat
-	return 1
-}
-
-path_of() { [[ $1 == 64 ]] && echo /64 || echo /4k; }
-bytes_of() { [[ $1 == 64 ]] && echo 64 || echo 4096; }
-
-# to_ms "1.23ms" -> 1.23 (wrk prints us, ms, s, m, h)
-to_ms() {
-	awk -v v="$1" 'BEGIN {
-		n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
-		f = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : (u == "h") ? 3600000 : -1
-		if (f < 0 || n == "") { print "NaN"; exit }
-		printf "%.4f\n", n * f
-	}'
-}
+bench_init godwit-bench
 
 # ---------------------------------------------------------------- setup
-install_tools
+need_tools wrk nginx haproxy taskset
 for p in "${PORT[@]}" $GODWIT_ADMIN_PORT; do
 	port_open "$p" && die "port $p on 127.0.0.1 is already in use; stop whatever listens there"
 done
@@ -284,9 +111,7 @@ ver() { "$@" 2>&1 | head -1 || true; }
 {
 	echo "# godwit benchmark"
 	echo
-	echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-	echo "- godwit commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
-	echo "- machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), kernel $(uname -r)"
+	machine_info
 	echo "- $(ver nginx -v | sed 's/^nginx version: //'), $(ver haproxy -v | awk '{print "HAProxy " $3}'), $(ver wrk -v | awk '{print "wrk " $2}'), $(go version | awk '{print $3}')"
 	echo "- settings: ROUNDS=$ROUNDS DURATION=$DURATION, wrk -t1 --latency --timeout 10s -H '$HOST_HEADER'; proxy on CPU $PROXY_CPU, wrk + backend on CPU $LOAD_CPU (taskset)"
 	echo "- targets: $TARGETS"
@@ -299,16 +124,7 @@ printf 'round\tsize\tconns\ttarget\trps\tp50_ms\tp99_ms\tcpu_us_per_req\trequest
 
 # run_wrk target size conns duration -> wrk output in $TMP/wrk.out
 run_wrk() {
-	local t=$1 size=$2 c=$3 d=$4
-	# In the background plus wait, so that a signal to this script is handled at once.
-	# --timeout 10s: a stalled request shows in the latency instead of vanishing as an error.
-	timeout $((${d%s} + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$d" --latency --timeout 10s \
-		-H "$HOST_HEADER" "http://127.0.0.1:${PORT[$t]}$(path_of "$size")" >"$TMP/wrk.out" 2>&1 &
-	WRK_PID=$!
-	local rc=0
-	wait "$WRK_PID" || rc=$?
-	WRK_PID=
-	return "$rc"
+	wrk_run "http://127.0.0.1:${PORT[$1]}$(path_of "$2")" "$HOST_HEADER" "$4" "$3"
 }
 
 log "warmup ($WARMUP per target and size)"
@@ -328,46 +144,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			for ((i = 0; i < n; i++)); do order+=("${base[(i + r - 1) % n]}"); done
 			for t in "${order[@]}"; do
 				cell=$((cell + 1))
-				pids=${CPU_PIDS[$t]}
-				# shellcheck disable=SC2086
-				cpu0=$( [[ -n $pids ]] && cpu_ticks $pids || echo 0)
-				# shellcheck disable=SC2086
-				bcpu0=$(cpu_ticks $BACKEND_PIDS)
-				core0=$(core_ticks "$PROXY_CPU")
-				run_wrk "$t" "$size" "$c" "$DURATION" || die "wrk against $t failed: $(cat "$TMP/wrk.out")"
-				cpu1=0
-				if [[ -n $pids ]]; then
-					# shellcheck disable=SC2086
-					cpu1=$(cpu_ticks $pids) || die "$t died during the run (see $TMP/$t.log)"
-				fi
-				# shellcheck disable=SC2086
-				bcpu1=$(cpu_ticks $BACKEND_PIDS) || die "backend died during the run"
-				core1=$(core_ticks "$PROXY_CPU")
+				measure "$t" "${CPU_PIDS[$t]}" "http://127.0.0.1:${PORT[$t]}$(path_of "$size")" "$HOST_HEADER" "$DURATION" "$c"
 				cp "$TMP/wrk.out" "$TMP/wrk-r$r-$size-c$c-$t.out"
-				res=$(<"$TMP/wrk.out")
-				rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$res")
-				reqs=$(awk '/ requests in / {print $1}' <<<"$res")
-				p50=$(awk '$1 == "50%" {print $2}' <<<"$res")
-				p99=$(awk '$1 == "99%" {print $2}' <<<"$res")
-				errs=$(awk '/Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10}
-					/Non-2xx or 3xx responses:/ {e += $NF} END {print e + 0}' <<<"$res")
-				[[ -n $rps && -n $reqs && -n $p50 && -n $p99 && $reqs -gt 0 ]] ||
-					die "cannot parse wrk output for $t: $res"
-				p50=$(to_ms "$p50")
-				p99=$(to_ms "$p99")
-				if [[ -n $pids ]]; then
-					cpu=$(awk -v d=$((cpu1 - cpu0)) -v hz="$clk_tck" -v n="$reqs" 'BEGIN {printf "%.2f", d * 1e6 / hz / n}')
-				else
-					cpu=NaN
-				fi
-				bcpu=$(awk -v d=$((bcpu1 - bcpu0)) -v hz="$clk_tck" -v n="$reqs" 'BEGIN {printf "%.2f", d * 1e6 / hz / n}')
-				read -r load1 _ </proc/loadavg
-				# Share of the proxy's core used by anything but the proxy during the run.
-				other=$(awk -v a="$core0" -v b="$core1" -v p=$((cpu1 - cpu0)) 'BEGIN {
-					split(a, x, " "); split(b, y, " "); t = y[2] - x[2]
-					o = (t > 0) ? 100 * (y[1] - x[1] - p) / t : 0; if (o < 0) o = 0; printf "%.0f", o }')
+				rps=$M_RPS p50=$M_P50 p99=$M_P99 cpu=$M_CPU errs=$M_ERRS other=$M_OTHER
 				printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-					"$r" "$size" "$c" "$t" "$rps" "$p50" "$p99" "$cpu" "$reqs" "$errs" "$bcpu" "$load1" "$other" >>"$RAW"
+					"$r" "$size" "$c" "$t" "$rps" "$p50" "$p99" "$cpu" "$M_REQS" "$errs" "$M_BCPU" "$M_LOAD1" "$other" >>"$RAW"
 				((errs == 0)) || log "WARNING: $t size=$size c=$c: $errs errors/non-2xx"
 				log "[$cell/$total] round $r size=$size c=$c $t: ${rps} req/s p50=${p50}ms p99=${p99}ms cpu=${cpu}us/req others-on-CPU$PROXY_CPU=${other}%"
 			done
@@ -380,21 +161,7 @@ done
 # p50, p99, CPU us/req; ratios to nginx are paired per round (same round,
 # size and conns), then median and min-max of those ratios are shown.
 report() {
-	awk -F'\t' -v targets="$TARGETS" -v sizes="$SIZES" -v conns="$CONNS" '
-	function sortn(a, n,   i, j, v) { for (i = 2; i <= n; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v } }
-	# stat(list) sets MED, MIN, MAX from a space-separated list of numbers; returns count
-	function stat(list,   a, n, m) {
-		n = split(list, a, " "); if (n == 0) return 0
-		sortn(a, n); MIN = a[1]; MAX = a[n]
-		m = int((n + 1) / 2); MED = (n % 2) ? a[m] : (a[m] + a[m + 1]) / 2
-		return n
-	}
-	function cellf(list, fmt,   n) {
-		n = stat(list); if (n == 0) return "—"
-		if (n == 1) return sprintf(fmt, MED)
-		return sprintf(fmt " (" fmt "–" fmt ")", MED, MIN, MAX)
-	}
-	function add(k, v) { if (v != "NaN" && v != "") L[k] = L[k] " " v }
+	awk -F'\t' -v targets="$TARGETS" -v sizes="$SIZES" -v conns="$CONNS" "$AWK_STATS"'
 	NR == 1 { next }
 	{
 		r = $1; k = $2 SUBSEP $3 SUBSEP $4
@@ -434,8 +201,7 @@ report() {
 {
 	cat "$TMP/header.md"
 	echo "- load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg) (our own load is about 2; more means other work shared the cores)"
-	awk -F'\t' -v core="$PROXY_CPU" 'NR > 1 { n++; s += $13; if ($13 > m) m = $13; if ($13 > 10) b++ }
-		END { if (n) printf "- CPU %s used by other processes while a run was measured: mean %.0f%%, max %.0f%%; %d of %d runs above 10%%%s\n", core, s / n, m, b, n, (b ? " (noisy: trust the ratios and CPU µs/req, not absolute req/s or p99)" : "") }' "$RAW"
+	other_summary "$RAW" 13
 	echo
 	echo "Medians over rounds, (min–max) when more than one round. Ratios and p99 differences are"
 	echo "taken per round against nginx in the same round, then summarised. CPU µs/req is the proxy"
