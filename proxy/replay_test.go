@@ -343,3 +343,27 @@ func TestReplayKeepsConnections(t *testing.T) {
 		t.Errorf("JSON-form replaying machine accepted %d connections for 5 requests, want 1", n)
 	}
 }
+
+// TestReplayHTTP2: a request that arrived over HTTP/2 is replayed with its
+// body whole, and a JSON transform's path applies to it too.
+func TestReplayHTTP2(t *testing.T) {
+	m1 := startMachine(t, "m1", func(w http.ResponseWriter, r *http.Request) {
+		io.CopyN(io.Discard, r.Body, 1000) // answer before reading it all
+		w.Header().Set("Content-Type", "application/vnd.fly.replay+json")
+		io.WriteString(w, `{"region":"syd","transform":{"path":"/moved?q=2"}}`)
+	}, nil)
+	m2 := startMachine(t, "m2", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %d %x", r.Method, r.RequestURI, len(b), sha256.Sum256(b))
+	}, nil)
+	p := startProxy(t, oneApp("", []string{m1.addr, m2.addr}, "iad", "syd"))
+	h2c := &http.Transport{Protocols: new(http.Protocols)}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	t.Cleanup(h2c.CloseIdleConnections)
+
+	body := bytes.Repeat([]byte("h2 "), 100000)
+	r := do(&http.Client{Transport: h2c}, newRequest(t, http.MethodPost, p.url("/orig"), webHost, bytes.NewReader(body)))
+	if want := fmt.Sprintf("POST /moved?q=2 %d %x", len(body), sha256.Sum256(body)); r.status != 200 || r.body != want {
+		t.Errorf("h2c replay: got %d %q, want 200 %q", r.status, r.body, want)
+	}
+}
