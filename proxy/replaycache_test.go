@@ -85,6 +85,7 @@ func TestReplayCachePath(t *testing.T) {
 		`godwit_replay_cache_requests_total{app="web",status="hit"} 4`,
 		`godwit_replay_cache_requests_total{app="web",status="miss"} 2`,
 		`godwit_replay_cache_stores_total{app="web",kind="path"} 1`,
+		"godwit_replay_cache_entries 1",
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -62,7 +62,12 @@ func New(cfg *config.Config, log *slog.Logger, reg *prometheus.Registry) (*Serve
 		markFailing: s.health.MarkFailing,
 	}
 	if cfg.Proxy.ReplayCacheEntries > 0 {
-		s.handler.cache = replay.NewCache(cfg.Proxy.ReplayCacheEntries)
+		cache := replay.NewCache(cfg.Proxy.ReplayCacheEntries)
+		s.handler.cache = cache
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "godwit_replay_cache_entries",
+			Help: "Entries in the replay cache (expired ones not yet dropped included); at most proxy.replay_cache_entries.",
+		}, func() float64 { return float64(cache.Len()) }))
 	}
 	if cfg.Listen.HTTPS != "" {
 		tc, selfSigned, err := tlsConfig(cfg.TLS, cfg.Apps)
