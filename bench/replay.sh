@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # fly-replay cost on one node: a request replayed once (source app -> target
 # app) against the same request sent straight to the target, in one
-# interleaved run. See bench/README.md. Usage (from anywhere):
+# interleaved run, beside the peer: nginx with X-Accel-Redirect (the upstream
+# answers with a URI, nginx re-sends the request to another upstream) against
+# nginx proxying straight to the target. See bench/README.md. Usage (from anywhere):
 #   bench/replay.sh                 # 5 rounds x 10 s per cell
 #   QUICK=1 bench/replay.sh         # 1 round x 3 s (smoke test)
 #   ROUNDS=9 CONNS="1 8 64" SIZES="64 4k" OUT=/tmp/r.md bench/replay.sh
@@ -19,23 +21,28 @@ fi
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 OUT=${OUT:-$BENCH_DIR/replay-latest.md}
-SCENARIOS=${SCENARIOS:-machine direct replayed cached} # base order, rotated per round
+SCENARIOS=${SCENARIOS:-machine direct replayed cached nginx nginx-accel} # base order, rotated per round
 SIZES=${SIZES:-64}
 CONNS=${CONNS:-1 64}
 WARMUP=${WARMUP:-2s}
-PROXY_CPU=${PROXY_CPU:-0} # core for godwit
+PROXY_CPU=${PROXY_CPU:-0} # core for godwit and nginx
 LOAD_CPU=${LOAD_CPU:-1}   # core for wrk and the backend
 
 # Ports differ from run.sh's (18000, 18081-18083, 19090).
 BACKEND_PORT=18100
 GODWIT_PORT=18183
 GODWIT_ADMIN_PORT=19190
-CONFIG=bench/replay.toml # its listen addresses must match the ports above
+NGINX_PORT=18181
+CONFIG=bench/replay.toml             # its listen addresses must match the ports above
+NGINX_CONFIG=bench/nginx-replay.conf # likewise
 
-# scenario -> port, Host, path prefix
-declare -A S_PORT=([machine]=$BACKEND_PORT [direct]=$GODWIT_PORT [replayed]=$GODWIT_PORT [cached]=$GODWIT_PORT)
-declare -A S_HOST=([machine]=target.local [direct]=target.local [replayed]=src.local [cached]=src.local)
-declare -A S_PREFIX=([machine]="" [direct]="" [replayed]="" [cached]=/c)
+# scenario -> port, Host, path prefix, and the proxy whose CPU counts
+declare -A S_PORT=([machine]=$BACKEND_PORT [direct]=$GODWIT_PORT [replayed]=$GODWIT_PORT [cached]=$GODWIT_PORT
+	[nginx]=$NGINX_PORT [nginx-accel]=$NGINX_PORT)
+declare -A S_HOST=([machine]=target.local [direct]=target.local [replayed]=src.local [cached]=src.local
+	[nginx]=target.local [nginx-accel]=accel.local)
+declare -A S_PREFIX=([machine]="" [direct]="" [replayed]="" [cached]=/c [nginx]="" [nginx-accel]="")
+declare -A S_PROXY=([machine]="" [direct]=godwit [replayed]=godwit [cached]=godwit [nginx]=nginx [nginx-accel]=nginx)
 
 LOG_TAG=replay
 # shellcheck source=bench/lib.sh
@@ -45,7 +52,11 @@ dur_s=${DURATION%s}
 [[ $dur_s =~ ^[0-9]+$ && $dur_s -gt 0 ]] || die "DURATION must be whole seconds like 10s (got $DURATION)"
 DURATION=${dur_s}s
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -gt 0 ]] || die "ROUNDS must be a positive integer (got $ROUNDS)"
-for s in $SCENARIOS; do [[ -n ${S_PORT[$s]:-} ]] || die "unknown scenario $s (known: machine direct replayed cached)"; done
+want_nginx=0
+for s in $SCENARIOS; do
+	[[ -n ${S_PORT[$s]:-} ]] || die "unknown scenario $s (known: machine direct replayed cached nginx nginx-accel)"
+	[[ ${S_PROXY[$s]} == nginx ]] && want_nginx=1
+done
 for size in $SIZES; do [[ $size == 64 || $size == 4k ]] || die "unknown size $size (known: 64 4k)"; done
 for c in $CONNS; do [[ $c =~ ^[0-9]+$ && $c -gt 0 ]] || die "CONNS must be positive integers (got $c)"; done
 [[ $(nproc) -ge 2 ]] || log "WARNING: fewer than 2 CPUs; proxy and load share a core"
@@ -77,9 +88,28 @@ fetch() {
 
 has_header() { grep -qi "^$1: *$2" "$TMP/fetch.hdr"; } # name value-prefix
 
+# accel_count -> how many X-Accel-Redirect answers the backend has sent
+accel_count() {
+	local n
+	n=$(curl -sS --max-time 5 -H "Host: accel.local" "http://127.0.0.1:$BACKEND_PORT/_accel-redirects") ||
+		die "cannot read the backend's X-Accel-Redirect count (Host accel.local /_accel-redirects)"
+	[[ $n =~ ^[0-9]+$ ]] || die "the backend's X-Accel-Redirect count is not a number: $n"
+	echo "$n"
+}
+
+# proxy_counts scenario -> "redirects hits" over which its replays/req is
+# taken: godwit's counters for godwit and machine, for nginx the backend's
+# X-Accel-Redirect answers (hits NaN)
+proxy_counts() {
+	if [[ ${S_PROXY[$1]} == nginx ]]; then echo "$(accel_count) NaN"; else counters; fi
+}
+
 # ---------------------------------------------------------------- setup
-need_tools wrk curl taskset
-for p in $BACKEND_PORT $GODWIT_PORT $GODWIT_ADMIN_PORT; do
+# nginx only when a scenario needs it (the default ones do), installed as run.sh does
+tools=(wrk curl taskset)
+((want_nginx)) && tools+=(nginx)
+need_tools "${tools[@]}"
+for p in $BACKEND_PORT $GODWIT_PORT $GODWIT_ADMIN_PORT $NGINX_PORT; do
 	port_open "$p" && die "port $p on 127.0.0.1 is already in use; stop whatever listens there"
 done
 
@@ -109,9 +139,27 @@ start godwit "$PROXY_CPU" env GOMAXPROCS=1 "$TMP/godwit" run --config "$CONFIG"
 }
 GODWIT_PIDS=$(descendants "${PID[godwit]}")
 
+NGINX_PIDS=
+if ((want_nginx)); then
+	mkdir -p "$TMP/nginx"
+	start nginx "$PROXY_CPU" nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$ROOT/$NGINX_CONFIG"
+	wait_port nginx $NGINX_PORT || {
+		tail -20 "$TMP/nginx.log" "$TMP/nginx/error.log" >&2 2>/dev/null || true
+		die "nginx did not listen on 127.0.0.1:$NGINX_PORT within 10 s"
+	}
+	# Whose CPU counts: the master and its worker, as in run.sh (the worker is
+	# forked once the port is open; wait for it).
+	for ((i = 0; i < 50; i++)); do
+		NGINX_PIDS=$(descendants "${PID[nginx]}")
+		[[ $NGINX_PIDS == *" "* ]] && break
+		sleep 0.1
+	done
+	[[ $NGINX_PIDS == *" "* ]] || die "nginx started no worker process"
+fi
+
 # ---------------------------------------------------------------- checks
 # The backend itself: the source app answers fly-replay, a replayed request
-# is served, the target is served.
+# is served, the target is served, accel.local answers X-Accel-Redirect.
 CHECKS=() # report lines
 for size in $SIZES; do
 	path=$(path_of "$size")
@@ -127,19 +175,25 @@ for size in $SIZES; do
 	[[ $res == "200 $want" ]] || die "backend: replayed src.local $path -> $res, want 200 $want"
 	res=$(fetch "$base$path" target.local)
 	[[ $res == "200 $want" ]] || die "backend: target.local $path -> $res, want 200 $want"
+	res=$(fetch "$base$path" accel.local)
+	{ [[ $res == "204 0" ]] && has_header X-Accel-Redirect "/t$path\s*$"; } ||
+		die "backend: accel.local $path -> $res, want 204 with 'X-Accel-Redirect: /t$path': $(cat "$TMP/fetch.hdr")"
 done
-log "backend: src.local answers 204 + fly-replay (and fly-replay-cache under /c/), replayed and target.local requests get their body"
+log "backend: src.local answers 204 + fly-replay (and fly-replay-cache under /c/), accel.local 204 + X-Accel-Redirect, replayed and target.local requests get their body"
 
-# Each scenario through godwit, with the replays it caused.
+# Each scenario through its proxy, with the replays (godwit) or X-Accel-Redirect
+# answers (nginx) it caused.
 for size in $SIZES; do
 	want=$(bytes_of "$size")
 	for s in $SCENARIOS; do
 		url=$(url_of "$s" "$size")
-		cnt=$(counters); read -r n0 _ <<<"$cnt"
+		cnt=$(proxy_counts "$s"); read -r n0 _ <<<"$cnt"
 		res=$(fetch "$url" "${S_HOST[$s]}")
-		cnt=$(counters); read -r n1 h1 <<<"$cnt"
+		cnt=$(proxy_counts "$s"); read -r n1 h1 <<<"$cnt"
 		read -r status bytes <<<"$res"
-		line="$s: GET ${url#http://} Host ${S_HOST[$s]} -> $status, $bytes bytes, godwit_replays_total +$((n1 - n0))"
+		counter="godwit_replays_total"
+		[[ ${S_PROXY[$s]} == nginx ]] && counter="backend X-Accel-Redirect answers"
+		line="$s: GET ${url#http://} Host ${S_HOST[$s]} -> $status, $bytes bytes, $counter +$((n1 - n0))"
 		if [[ $s == cached ]]; then
 			res2=$(fetch "$url" "${S_HOST[$s]}")
 			cnt=$(counters); read -r n2 h2 <<<"$cnt"
@@ -154,7 +208,7 @@ for size in $SIZES; do
 		CHECKS+=("$line")
 		[[ $status == 200 && $bytes == "$want" ]] || {
 			cat "$TMP/fetch.hdr" "$TMP/fetch.body" >&2
-			die "$s: want 200 with a $want-byte body, got $status with $bytes bytes (godwit log: $TMP/godwit.log)"
+			die "$s: want 200 with a $want-byte body, got $status with $bytes bytes (logs: $TMP/godwit.log, $TMP/nginx/error.log)"
 		}
 		if [[ $s == cached && ! ($status2 == 200 && $bytes2 == "$want") ]]; then
 			die "cached: the second request got $status2 with $bytes2 bytes, want 200 $want"
@@ -162,6 +216,9 @@ for size in $SIZES; do
 		case $s in
 		direct) ((n1 == n0)) || die "direct: godwit_replays_total went up by $((n1 - n0)); a direct request must not be replayed" ;;
 		replayed) ((n1 == n0 + 1)) || die "replayed: godwit_replays_total{outcome=\"replayed\"} went up by $((n1 - n0)), want 1 (is the metric still called that?)" ;;
+		nginx) ((n1 == n0)) || die "nginx: the backend sent $((n1 - n0)) X-Accel-Redirect answers, want none" ;;
+		# 200 with the body after exactly one X-Accel-Redirect answer: two backend requests
+		nginx-accel) ((n1 == n0 + 1)) || die "nginx-accel: the backend sent $((n1 - n0)) X-Accel-Redirect answers, want 1" ;;
 		esac
 	done
 done
@@ -172,9 +229,9 @@ ver() { "$@" 2>&1 | head -1 || true; }
 	echo "# godwit fly-replay benchmark"
 	echo
 	machine_info
-	echo "- $(ver wrk -v | awk '{print "wrk " $2}'), $(go version | awk '{print $3}')"
+	echo "- $( ((want_nginx)) && ver nginx -v | sed 's/^nginx version: //; s/$/, /')$(ver wrk -v | awk '{print "wrk " $2}'), $(go version | awk '{print $3}')"
 	[[ -z ${GODWIT:-} ]] || echo "- godwit binary: prebuilt $GODWIT (not built from this tree)"
-	echo "- settings: ROUNDS=$ROUNDS DURATION=$DURATION, wrk -t1 --latency --timeout 10s; godwit ($CONFIG, GOMAXPROCS=1) on CPU $PROXY_CPU, wrk + backend on CPU $LOAD_CPU (taskset)"
+	echo "- settings: ROUNDS=$ROUNDS DURATION=$DURATION, wrk -t1 --latency --timeout 10s; godwit ($CONFIG, GOMAXPROCS=1)$( ((want_nginx)) && echo " and nginx ($NGINX_CONFIG, one worker)") on CPU $PROXY_CPU, wrk + backend on CPU $LOAD_CPU (taskset)"
 	echo "- scenarios: $SCENARIOS"
 	echo "- load average (1/5/15 min) before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "- checks before measuring (one curl each):"
@@ -183,7 +240,7 @@ ver() { "$@" 2>&1 | head -1 || true; }
 
 # ---------------------------------------------------------------- measure
 RAW=$TMP/raw.tsv
-printf 'round\tsize\tconns\tscenario\trps\tp50_ms\tp99_ms\tcpu_us_per_req\trequests\terrors\tbackend_cpu_us_per_req\treplays_per_req\tloadavg1\tproxy_core_other_pct\tgodwit_core_pct\tload_core_busy_pct\tcache_hits_per_req\n' >"$RAW"
+printf 'round\tsize\tconns\tscenario\trps\tp50_ms\tp99_ms\tcpu_us_per_req\trequests\terrors\tbackend_cpu_us_per_req\treplays_per_req\tloadavg1\tproxy_core_other_pct\tproxy_core_pct\tload_core_busy_pct\tcache_hits_per_req\n' >"$RAW"
 
 log "warmup ($WARMUP per scenario and size)"
 for s in $SCENARIOS; do
@@ -205,11 +262,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			for ((i = 0; i < n; i++)); do order+=("${base[(i + r - 1) % n]}"); done
 			for s in "${order[@]}"; do
 				cell=$((cell + 1))
-				name=godwit pids=$GODWIT_PIDS
-				[[ $s == machine ]] && name=backend pids="" # godwit idles; its CPU is not this scenario's
-				cnt=$(counters); read -r rep0 hit0 <<<"$cnt"
+				case ${S_PROXY[$s]} in
+				godwit) name=godwit pids=$GODWIT_PIDS ;;
+				nginx) name=nginx pids=$NGINX_PIDS ;;
+				*) name=backend pids="" ;; # machine: the proxies idle; their CPU is not this scenario's
+				esac
+				cnt=$(proxy_counts "$s"); read -r rep0 hit0 <<<"$cnt"
 				measure "$name" "$pids" "$(url_of "$s" "$size")" "Host: ${S_HOST[$s]}" "$DURATION" "$c"
-				cnt=$(counters); read -r rep1 hit1 <<<"$cnt"
+				cnt=$(proxy_counts "$s"); read -r rep1 hit1 <<<"$cnt"
 				cp "$TMP/wrk.out" "$TMP/wrk-r$r-$size-c$c-$s.out"
 				rpr=$(awk -v d=$((rep1 - rep0)) -v n="$M_REQS" 'BEGIN {printf "%.3f", d / n}')
 				hpr=NaN
@@ -219,7 +279,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 				printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
 					"$r" "$size" "$c" "$s" "$M_RPS" "$M_P50" "$M_P99" "$M_CPU" "$M_REQS" "$M_ERRS" "$M_BCPU" "$rpr" "$M_LOAD1" "$M_OTHER" "$own" "$M_LOADBUSY" "$hpr" >>"$RAW"
 				((M_ERRS == 0)) || log "WARNING: $s size=$size c=$c: $M_ERRS errors/non-2xx"
-				log "[$cell/$total] round $r size=$size c=$c $s: ${M_RPS} req/s p50=${M_P50}ms p99=${M_P99}ms cpu=${M_CPU}us/req replays/req=$rpr cache-hits/req=$hpr godwit=${own}% others-on-CPU$PROXY_CPU=${M_OTHER}% CPU$LOAD_CPU-busy=${M_LOADBUSY}%"
+				log "[$cell/$total] round $r size=$size c=$c $s: ${M_RPS} req/s p50=${M_P50}ms p99=${M_P99}ms cpu=${M_CPU}us/req replays/req=$rpr cache-hits/req=$hpr $name=${own}% others-on-CPU$PROXY_CPU=${M_OTHER}% CPU$LOAD_CPU-busy=${M_LOADBUSY}%"
 			done
 		done
 	done
@@ -227,8 +287,8 @@ done
 
 # ---------------------------------------------------------------- report
 # For each (size, conns, scenario): median and (min–max) over rounds. Ratios
-# and differences to direct, and the replay overhead, are computed per round
-# (same round, size and conns), then summarised the same way.
+# and differences to direct, to the nginx peer, and the replay overhead, are
+# computed per round (same round, size and conns), then summarised the same way.
 report() {
 	awk -F'\t' -v scenarios="$SCENARIOS" -v sizes="$SIZES" -v conns="$CONNS" -v pcpu="$PROXY_CPU" -v lcpu="$LOAD_CPU" "$AWK_STATS"'
 	function label(s) { return s == "64" ? "64 B" : "4 KiB" }
@@ -267,7 +327,7 @@ report() {
 		nt = split(scenarios, T, " "); ns = split(sizes, S, " "); nc = split(conns, C, " ")
 		cmax = 0; one = 0
 		for (ci = 1; ci <= nc; ci++) { if (C[ci] + 0 > cmax) cmax = C[ci] + 0; if (C[ci] == 1) one = 1 }
-		print "| body | conns | scenario | req/s | req/s ÷ direct | p50 ms | p50 − direct ms | p99 ms | godwit CPU µs/req | backend CPU µs/req | replays/req | errors |"
+		print "| body | conns | scenario | req/s | req/s ÷ direct | p50 ms | p50 − direct ms | p99 ms | proxy CPU µs/req | backend CPU µs/req | replays/req | errors |"
 		print "|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for (si = 1; si <= ns; si++) for (ci = 1; ci <= nc; ci++) for (ti = 1; ti <= nt; ti++) {
 			s = S[si]; c = C[ci]; t = T[ti]; k = s SUBSEP c SUBSEP t
@@ -280,7 +340,7 @@ report() {
 				(t == "machine" ? "—" : cellf(L[k SUBSEP "rpr"], "%.2f")), E[k]
 		}
 		print ""
-		print "Goal check (per-round differences and ratios, then median (min–max) over rounds):"
+		print "Goal check, and the nginx peer beside it (per-round differences and ratios, then median (min–max) over rounds):"
 		print ""
 		for (si = 1; si <= ns; si++) {
 			s = S[si]
@@ -321,12 +381,38 @@ report() {
 					label(s), cl(cmax), cellf(cr, "%.2f"),
 					(lb >= 90 ? sprintf("; CPU %s was %.0f%% busy in the replayed runs, so their req/s is bounded by wrk + backend (two machine requests each), not by godwit", lcpu, lb) : "")
 			}
-			# what one replay costs godwit in CPU (no goal)
+			# 4. the peer, beside it: nginx X-Accel-Redirect against nginx direct,
+			# and godwit against nginx, at every connection count (no goal)
 			for (ci = 1; ci <= nc; ci++) {
 				c = C[ci]
-				if (!has(s, c, "replayed") || !has(s, c, "direct")) continue
-				d = pair(s, c, "replayed", "direct", "cpu", "diff")
-				if (stat(d)) printf "- %s, %s: godwit CPU of one replay, replayed − direct: %s µs/req (no goal)\n", label(s), cl(c), cellf(d, "%+.1f")
+				if (!has(s, c, "nginx-accel") || !has(s, c, "nginx")) continue
+				g = has(s, c, "replayed") && has(s, c, "direct")
+				rr = pair(s, c, "nginx-accel", "nginx", "rps", "ratio")
+				printf "- %s, %s: nginx: X-Accel-Redirect ÷ nginx direct req/s %s%s (median busy: nginx %.0f%% of CPU %s in nginx-accel runs, %.0f%% in nginx; CPU %s, wrk + backend, %.0f%% and %.0f%%)\n",
+					label(s), cl(c), cellf(rr, "%.2f"),
+					(g ? "; godwit replayed ÷ direct " cellf(pair(s, c, "replayed", "direct", "rps", "ratio"), "%.2f") : ""),
+					med(L[s SUBSEP c SUBSEP "nginx-accel" SUBSEP "own"]), pcpu, med(L[s SUBSEP c SUBSEP "nginx" SUBSEP "own"]),
+					lcpu, med(L[s SUBSEP c SUBSEP "nginx-accel" SUBSEP "lbusy"]), med(L[s SUBSEP c SUBSEP "nginx" SUBSEP "lbusy"])
+				cr = pair(s, c, "nginx-accel", "nginx", "cpu", "ratio")
+				printf "- %s, %s: CPU µs/req nginx-accel ÷ nginx %s%s\n", label(s), cl(c), cellf(cr, "%.2f"),
+					(g ? "; godwit replayed ÷ direct " cellf(pair(s, c, "replayed", "direct", "cpu", "ratio"), "%.2f") : "")
+				if (!g) continue
+				cr = pair(s, c, "replayed", "nginx-accel", "cpu", "ratio")
+				printf "- %s, %s: CPU µs/req godwit replayed ÷ nginx-accel %s (godwit direct ÷ nginx %s; medians: replayed %.1f, nginx-accel %.1f, direct %.1f, nginx %.1f µs/req)\n",
+					label(s), cl(c), cellf(cr, "%.2f"), cellf(pair(s, c, "direct", "nginx", "cpu", "ratio"), "%.2f"),
+					med(L[s SUBSEP c SUBSEP "replayed" SUBSEP "cpu"]), med(L[s SUBSEP c SUBSEP "nginx-accel" SUBSEP "cpu"]),
+					med(L[s SUBSEP c SUBSEP "direct" SUBSEP "cpu"]), med(L[s SUBSEP c SUBSEP "nginx" SUBSEP "cpu"])
+			}
+			# what one replay costs godwit in CPU, and one X-Accel-Redirect nginx (no goal)
+			for (ci = 1; ci <= nc; ci++) {
+				c = C[ci]
+				nd = ""
+				if (has(s, c, "nginx-accel") && has(s, c, "nginx") && stat(d = pair(s, c, "nginx-accel", "nginx", "cpu", "diff")))
+					nd = sprintf("nginx CPU of one X-Accel-Redirect, nginx-accel − nginx: %s µs/req", cellf(d, "%+.1f"))
+				gd = ""
+				if (has(s, c, "replayed") && has(s, c, "direct") && stat(d = pair(s, c, "replayed", "direct", "cpu", "diff")))
+					gd = sprintf("godwit CPU of one replay, replayed − direct: %s µs/req", cellf(d, "%+.1f"))
+				if (gd != "" || nd != "") printf "- %s, %s: %s%s%s (no goal)\n", label(s), cl(c), gd, (gd != "" && nd != "" ? "; " : ""), nd
 			}
 		}
 	}' "$RAW"
@@ -342,12 +428,21 @@ report() {
 	echo "answers fly-replay: app=target, then target's machine serves it (two machine requests);"
 	echo "cached = like replayed on /c/…, whose fly-replay also asks for the replay cache, so after"
 	echo "the first request godwit should go straight to target (replays/req near 0 when it does)."
+	if ((want_nginx)); then
+		echo "The peer ($NGINX_CONFIG): nginx = via nginx to the backend with Host target.local;"
+		echo "nginx-accel = via nginx with Host accel.local, which the backend answers with 204 and"
+		echo "X-Accel-Redirect: /t/…, and nginx re-sends the request to the backend as target.local"
+		echo "(two backend requests, like replayed)."
+	fi
 	echo
-	echo "Medians over rounds, (min–max) when more than one round. Ratios and differences to direct are"
-	echo "taken per round, then summarised. godwit CPU µs/req is godwit's user+sys time (/proc/PID/stat)"
-	echo "over the run divided by the requests wrk completed (— for machine, where godwit idles);"
-	echo "backend CPU µs/req likewise for the backend (both machines). replays/req: the rise of"
-	echo "godwit_replays_total{outcome=\"replayed\"} over the run divided by wrk's requests."
+	echo "Medians over rounds, (min–max) when more than one round. Ratios and differences to direct"
+	echo "(godwit's, for every row) are taken per round, then summarised. proxy CPU µs/req is the"
+	echo "proxy's user+sys time (/proc/PID/stat) over the run divided by the requests wrk completed:"
+	echo "godwit's for direct, replayed and cached, nginx's (master + worker) for nginx and nginx-accel,"
+	echo "— for machine, where the proxies idle; backend CPU µs/req likewise for the backend (both"
+	echo "machines). replays/req: the rise over the run, divided by wrk's requests, of"
+	echo "godwit_replays_total{outcome=\"replayed\"} for godwit's scenarios, and of the backend's"
+	echo "X-Accel-Redirect answers for nginx's."
 	echo
 	report
 } >"$TMP/report.md"
