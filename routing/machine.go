@@ -37,11 +37,23 @@ type Machine struct {
 	Region string
 	Addr   string // host:port
 
+	// Owner is the node that owns a remote machine (and enforces its
+	// limits, runs its checks, wakes it); "" for this node's own machines.
+	// A remote machine is reached through its owner over the backhaul.
+	Owner string
+
 	soft     atomic.Int32 // soft limit; 0 means every request is over soft
 	hard     atomic.Int32 // hard limit; 0 means none
-	inflight atomic.Int32
+	inflight atomic.Int32 // slots held by this node's requests
 	healthy  atomic.Bool
 	started  atomic.Bool
+	// remoteBand is the load band the owner of a remote machine last
+	// published (or AtHard once the owner refused a request for it). The
+	// pick uses the higher of it and the band of this node's own requests.
+	remoteBand atomic.Int32
+	// owner is the shared reachability of a remote machine's owner; nil
+	// for local machines.
+	owner *ownerState
 
 	queue *queue // the app's wait queue, shared by its machines
 }
@@ -83,8 +95,27 @@ func (m *Machine) SetStarted(ok bool) {
 	}
 }
 
-// usable reports whether the machine may be picked at all (ignoring load).
-func (m *Machine) usable() bool { return m.started.Load() && m.healthy.Load() }
+// usable reports whether the machine may be picked at all (ignoring load):
+// started, healthy and, for a remote machine, with its owner reachable.
+func (m *Machine) usable() bool {
+	return m.started.Load() && m.healthy.Load() && (m.owner == nil || m.owner.reachable())
+}
+
+// Remote reports whether the machine is owned by another node.
+func (m *Machine) Remote() bool { return m.Owner != "" }
+
+// Reachable reports whether a remote machine's owner is reachable (always
+// true for a local machine).
+func (m *Machine) Reachable() bool { return m.owner == nil || m.owner.reachable() }
+
+// SetRemoteBand records the load band a remote machine's owner reports: its
+// gossip, or a refusal at the hard limit (AtHard), so this node stops
+// sending there until the owner says otherwise.
+func (m *Machine) SetRemoteBand(b Band) {
+	if m.remoteBand.Swap(int32(b)) > int32(b) {
+		m.queue.kick(m) // lighter now: queued requests may fit
+	}
+}
 
 // band returns the machine's load band for an in-flight count n.
 func (m *Machine) band(n int32) Band {
@@ -97,8 +128,15 @@ func (m *Machine) band(n int32) Band {
 	return BelowSoft
 }
 
-// Band returns the machine's current load band.
-func (m *Machine) Band() Band { return m.band(m.inflight.Load()) }
+// Band returns the machine's current load band: for a remote machine the
+// higher of its owner's report and this node's own requests.
+func (m *Machine) Band() Band {
+	b := m.band(m.inflight.Load())
+	if m.owner != nil {
+		b = max(b, Band(m.remoteBand.Load()))
+	}
+	return b
+}
 
 // TryAcquire takes a concurrency slot unless the machine is at its hard
 // limit. It never lets the in-flight count exceed the hard limit.

@@ -1,9 +1,6 @@
 package routing
 
-import (
-	"math"
-	"sort"
-)
+import "math"
 
 // regionCoords are approximate (latitude, longitude) positions of Fly.io's
 // public region codes. They give a sane static distance between regions until
@@ -42,16 +39,4 @@ func Distance(a, b string) float64 {
 	h := math.Pow(math.Sin((lat2-lat1)/2), 2) +
 		math.Cos(lat1)*math.Cos(lat2)*math.Pow(math.Sin((lon2-lon1)/2), 2)
 	return 2 * earthRadiusKm * math.Asin(math.Sqrt(h))
-}
-
-// orderRegions sorts regions by distance from local, nearest first, with the
-// region name breaking ties so the order is stable.
-func orderRegions(local string, regions []string) {
-	sort.Slice(regions, func(i, j int) bool {
-		di, dj := Distance(local, regions[i]), Distance(local, regions[j])
-		if di != dj {
-			return di < dj
-		}
-		return regions[i] < regions[j]
-	})
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/godwit/godwit/config"
 	"github.com/godwit/godwit/replay"
@@ -185,7 +186,14 @@ func (rs *regionSet) choose(exclude []*Machine) *Machine {
 type Table struct {
 	region string
 	snap   atomic.Pointer[snapshot]
-	mu     sync.Mutex // serialises Update
+
+	mu       sync.Mutex // serialises changes; guards the inputs below
+	apps     []config.App
+	local    []config.Machine
+	remote   []RemoteMachine
+	owners   map[string]*ownerState // by node name; kept across rebuilds
+	rtts     map[string]time.Duration
+	rttsSeen bool
 }
 
 type snapshot struct {
@@ -196,23 +204,31 @@ type snapshot struct {
 
 // NewTable builds a table for a node in region from validated config.
 func NewTable(region string, apps []config.App, machines []config.Machine) *Table {
-	t := &Table{region: region}
+	t := &Table{region: region, owners: make(map[string]*ownerState)}
 	t.Update(apps, machines)
 	return t
 }
 
-// Update replaces the table's apps and machines. Machines that keep their
-// id, app, region and address keep their live state (in-flight count,
-// health); their limits follow the new config. Apps keep their wait queue.
-// Concurrent calls are serialised.
+// Update replaces the table's apps and this node's own machines (from
+// config). Machines that keep their id, app, region and address keep their
+// live state (in-flight count, health); their limits follow the new config.
+// Apps keep their wait queue. Concurrent calls are serialised.
 func (t *Table) Update(apps []config.App, machines []config.Machine) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.apps, t.local = apps, machines
+	t.rebuild()
+}
+
+// rebuild builds and swaps a new snapshot from the table's inputs. Called
+// with t.mu held.
+func (t *Table) rebuild() {
 	old := t.snap.Load()
+	apps, machines := t.apps, t.local
 	s := &snapshot{
 		apps:     make(map[string]*App, len(apps)),
 		hosts:    make(map[string]*App),
-		machines: make(map[string]*Machine, len(machines)),
+		machines: make(map[string]*Machine, len(machines)+len(t.remote)),
 	}
 	for _, ac := range apps {
 		a := &App{Name: ac.Name, Org: ac.Org, PrimaryRegion: ac.PrimaryRegion, Config: ac,
@@ -229,6 +245,15 @@ func (t *Table) Update(apps []config.App, machines []config.Machine) {
 		}
 	}
 	byRegion := make(map[string]map[string][]*Machine) // app → region → machines
+	add := func(a *App, m *Machine) {
+		s.machines[m.ID] = m
+		a.machines = append(a.machines, m)
+		a.byID[m.ID] = m
+		if byRegion[a.Name] == nil {
+			byRegion[a.Name] = make(map[string][]*Machine)
+		}
+		byRegion[a.Name][m.Region] = append(byRegion[a.Name][m.Region], m)
+	}
 	for _, mc := range machines {
 		a := s.apps[mc.App]
 		if a == nil {
@@ -236,7 +261,7 @@ func (t *Table) Update(apps []config.App, machines []config.Machine) {
 		}
 		var m *Machine
 		if old != nil {
-			if om := old.machines[mc.ID]; om != nil && om.App == mc.App && om.Addr == mc.Address && om.Region == mc.Region {
+			if om := old.machines[mc.ID]; om != nil && om.owner == nil && om.App == mc.App && om.Addr == mc.Address && om.Region == mc.Region {
 				m = om
 				m.soft.Store(int32(a.Config.HTTPService.Concurrency.SoftLimit))
 				m.hard.Store(int32(a.Config.HTTPService.Concurrency.HardLimit))
@@ -247,20 +272,31 @@ func (t *Table) Update(apps []config.App, machines []config.Machine) {
 		}
 		// A reused machine already has this queue: its app kept it. (Writing
 		// the field again would race with Release on the old snapshot.)
-		s.machines[mc.ID] = m
-		a.machines = append(a.machines, m)
-		a.byID[m.ID] = m
-		if byRegion[a.Name] == nil {
-			byRegion[a.Name] = make(map[string][]*Machine)
+		add(a, m)
+	}
+	for _, rm := range t.remote {
+		a := s.apps[rm.App]
+		if a == nil || s.machines[rm.ID] != nil {
+			continue // an app this node does not serve, or an id of its own
 		}
-		byRegion[a.Name][m.Region] = append(byRegion[a.Name][m.Region], m)
+		var m *Machine
+		if old != nil {
+			if om := old.machines[rm.ID]; om != nil && om.sameRemote(rm) && om.queue == a.queue {
+				m = om
+			}
+		}
+		if m == nil {
+			m = &Machine{ID: rm.ID, App: rm.App, Region: rm.Region, Addr: rm.Addr, Owner: rm.Owner, queue: a.queue, owner: t.ownerState(rm.Owner)}
+		}
+		m.setRemote(rm)
+		add(a, m)
 	}
 	for name, a := range s.apps {
 		regions := make([]string, 0, len(byRegion[name]))
 		for r := range byRegion[name] {
 			regions = append(regions, r)
 		}
-		orderRegions(t.region, regions)
+		t.orderRegions(regions)
 		for _, r := range regions {
 			a.regions = append(a.regions, regionSet{region: r, machines: byRegion[name][r]})
 		}
@@ -269,7 +305,7 @@ func (t *Table) Update(apps []config.App, machines []config.Machine) {
 		a.queue.mu.Unlock()
 	}
 	t.snap.Store(s)
-	// Queued requests may fit on machines the new config added.
+	// Queued requests may fit on machines the new inputs added.
 	for _, a := range s.apps {
 		for _, m := range a.machines {
 			a.queue.kick(m)
