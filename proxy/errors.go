@@ -27,6 +27,7 @@ const (
 	CodeReplayForbidden     Code = "PA05" // 502: fly-replay names an app of another organization
 	CodeInstanceUnavailable Code = "PR02" // 503: a forced machine (fly-force-instance-id) is unknown, stopped or failing
 	CodeUpgradeRejected     Code = "PU06" // 502: the protocol upgrade could not be tunnelled
+	CodeOwnerRefused        Code = "PB01" // 503: the edges owning the picked machines refused the request or could not be reached
 	// 400: the request, or one before it on its connection, was framed
 	// ambiguously: both Content-Length and Transfer-Encoding, a folded
 	// header line, or chunked framing net/http could not follow.
@@ -49,6 +50,7 @@ var codeStatus = map[Code]int{
 	CodeReplayNoApp:         http.StatusBadGateway,
 	CodeReplayForbidden:     http.StatusBadGateway,
 	CodeUpgradeRejected:     http.StatusBadGateway,
+	CodeOwnerRefused:        http.StatusServiceUnavailable,
 	CodeAmbiguousFraming:    http.StatusBadRequest,
 }
 

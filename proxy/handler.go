@@ -39,6 +39,7 @@ type Handler struct {
 	markFailing func(machineID string, err error)
 
 	cache    *replay.Cache // nil: disabled
+	fleet    Fleet         // nil: a single node, no backhaul
 	pools    sync.Map      // *routing.Machine → *upstream
 	tunnels  tunnels       // hijacked upgraded connections, closed on shutdown
 	draining atomic.Bool
@@ -70,6 +71,11 @@ type exchange struct {
 	cache                *cacheScope   // set once the replay cache concerns the request (a lookup, a replay)
 	routeDur             time.Duration // picking the first machine, queue wait excluded
 	firstUpStart         time.Time     // when the first machine was sent the request
+	lastUpStart          time.Time     // when the current machine was sent it
+	// owner is set on a request that came over the backhaul for one of
+	// this node's machines: the accepting edge picked the machine and runs
+	// any replay, so this node forwards it and returns the answer raw.
+	owner bool
 	app                  *routing.App
 	machine              *routing.Machine
 	status               int
@@ -308,7 +314,7 @@ func (h *Handler) connect(ctx context.Context, x *exchange, retryable bool) (*up
 		if errors.As(err, &ne) && ne.Timeout() {
 			code = CodeConnectTimeout
 		}
-		if attempt >= h.cfg.ConnectRetries {
+		if attempt >= h.cfg.ConnectRetries || x.owner { // an owner tries only the machine it was asked for
 			return nil, false, code, fmt.Errorf("could not connect to a machine of app %q after %d attempts", m.App, attempt+1)
 		}
 		next, pcode, perr := h.pick(ctx, x.app, x, tried)
@@ -319,6 +325,9 @@ func (h *Handler) connect(ctx context.Context, x *exchange, retryable bool) (*up
 			return nil, false, pcode, perr
 		}
 		x.machine = next
+		if next.Remote() {
+			return nil, false, "", errMovedRemote
+		}
 	}
 }
 
@@ -328,12 +337,12 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	// The body streams to the first machine while its start is kept, so a
 	// machine that answers fly-replay can have the request sent on whole.
 	var body *replay.Body
-	if hasBody(r) {
+	if hasBody(r) && !x.owner { // an owner never replays: the accepting edge keeps the body
 		body = replay.NewBody(r.Body, r.ContentLength, h.cfg.ReplayBodyLimit)
 		r.Body = body
 	}
 	var (
-		c        *upConn
+		c        *upConn // nil when the machine is reached through its owner
 		resp     *http.Response
 		bodyDone chan error
 		unwatch  func() bool
@@ -342,75 +351,22 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	)
 	defer func() { hop.end() }()
 	for {
-		var (
-			reused bool
-			code   Code
-			err    error
-		)
-		connectCtx := ctx
-		if hop != nil {
-			connectCtx = hop.ctx // a replay's timeout= bounds reaching its target
+		var st step
+		if x.machine.Remote() {
+			resp, st = h.remoteExchange(w, r, x, fi, body, &hop)
+			c, bodyDone, unwatch = nil, nil, alwaysWatched
+		} else {
+			c, resp, bodyDone, unwatch, st = h.localExchange(w, r, x, fi, &hop)
 		}
-		c, reused, code, err = h.connect(connectCtx, x, idempotent(r.Method) && !hasBody(r))
-		if err != nil {
-			if hop.canFallBack() && ctx.Err() == nil {
-				reason := replay.ReasonRetriesExhausted
-				if hop.ctx.Err() != nil {
-					reason = replay.ReasonTimeout
-				}
-				if hop = h.fallBack(w, r, x, fi, hop, reason); hop == nil {
-					return
-				}
-				continue
-			}
-			h.fail(w, x, code, err.Error(), err)
+		switch st {
+		case stepAnswered:
 			return
+		case stepAgain:
+			continue
 		}
-		if reused && fi.upgrade != "" {
-			// An upgrade may become a tunnel: it gets a connection of
-			// its own, never a pooled one.
-			c.up.put(c, time.Now())
-			if c, err = c.up.dial(connectCtx); err != nil {
-				h.fail(w, x, CodeRetriesFailed, "could not connect to the machine", err)
-				return
-			}
-			reused = false
-		}
-		if hop != nil {
-			hop.end() // the target is reached: the timeout no longer applies
-		}
-		upStart = time.Now()
-		if x.firstUpStart.IsZero() {
-			x.firstUpStart = upStart
-		}
-		resp, bodyDone, unwatch, err = h.roundTrip(ctx, w, r, c, fi)
-		if err != nil && reused && bodyDone == nil && ctx.Err() == nil && idempotent(r.Method) && isStaleConn(err) {
-			// The machine closed this idle connection as we wrote to it,
-			// before reading the request: it never saw it. Once more on a
-			// new one.
-			c.close()
-			c, err = h.upstreamFor(x.machine).dial(ctx)
-			if err == nil {
-				resp, bodyDone, unwatch, err = h.roundTrip(ctx, w, r, c, fi)
-			}
-		}
-		if err != nil {
-			if c != nil {
-				c.close()
-			}
-			if bodyDone != nil {
-				stopBodyWrite(w, c, bodyDone)
-			}
-			if ctx.Err() != nil {
-				x.err = ctx.Err()
-				x.status = 499 // client closed request (nginx's convention, logs only)
-				return
-			}
-			if h.markFailing != nil && isConnReset(err) {
-				h.markFailing(x.machine.ID, err)
-			}
-			h.fail(w, x, CodeUpstreamFailed, "the machine closed the connection before a complete response", err)
-			return
+		upStart = x.lastUpStart
+		if x.owner {
+			break // the accepting edge executes replays: the answer goes back raw
 		}
 		ins, isReplay, drained, perr := replayInstruction(resp)
 		if !isReplay {
@@ -433,9 +389,13 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	}
 
 	hdr := w.Header()
-	copyResponseHeader(hdr, resp.Header)
-	hdr[hdrRequestIDResp] = x.idHeader
-	setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, timing)
+	if x.owner {
+		copyRawResponseHeader(hdr, resp.Header) // the accepting edge rewrites it
+	} else {
+		copyResponseHeader(hdr, resp.Header)
+		hdr[hdrRequestIDResp] = x.idHeader
+		setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, timing)
+	}
 	announced := len(resp.Trailer)
 	if announced > 0 {
 		keys := make([]string, 0, announced)
@@ -465,6 +425,18 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 		}
 	}
 
+	if c == nil { // through the backhaul: the transport owns the stream
+		resp.Body.Close()
+		if rerr != nil && werr == nil {
+			x.err = rerr
+			_ = http.NewResponseController(w).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		if werr != nil {
+			x.err = werr
+		}
+		return
+	}
 	if bodyDone != nil && awaitBodyWrite(w, c, bodyDone) != nil {
 		clean = false
 	}
@@ -744,6 +716,10 @@ func clientIP(remoteAddr string) string {
 
 // fail answers with a proxy error.
 func (h *Handler) fail(w http.ResponseWriter, x *exchange, code Code, msg string, err error) {
+	if x.owner && (code == CodeRetriesFailed || code == CodeConnectTimeout) {
+		// Nothing reached the machine: the accepting edge may try another.
+		w.Header().Set(hdrRefused, refusedUnreachable)
+	}
 	x.code = code
 	x.status = code.Status()
 	x.err = err

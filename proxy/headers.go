@@ -51,7 +51,7 @@ func dropRequestHeader(k string) bool {
 		return true
 	}
 	switch k {
-	case "Content-Length", "Expect", hdrXForwardedFor, hdrVia,
+	case "Content-Length", "Expect", hdrXForwardedFor, hdrVia, hdrBackhaul, "Godwit-Host",
 		hdrXForwardedProto, hdrXForwardedPort, hdrXForwardedSSL:
 		return true
 	}
@@ -241,6 +241,19 @@ func copyResponseHeader(dst, src http.Header) {
 	for k, vv := range src {
 		if hopHeaders[k] || k == "Fly-Replay" || (len(connection) > 0 && connectionListed(connection, k)) {
 			continue // Fly-Replay is for the edge, never the client
+		}
+		dst[k] = vv
+	}
+}
+
+// copyRawResponseHeader copies the machine's response header for the
+// accepting edge of a backhaul request: everything but hop-by-hop headers,
+// fly-replay included, since that edge runs the replay.
+func copyRawResponseHeader(dst, src http.Header) {
+	connection := src["Connection"]
+	for k, vv := range src {
+		if hopHeaders[k] || (len(connection) > 0 && connectionListed(connection, k)) {
+			continue
 		}
 		dst[k] = vv
 	}

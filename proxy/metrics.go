@@ -26,6 +26,9 @@ type metrics struct {
 	cacheRequests      *prometheus.CounterVec
 	cacheStores        *prometheus.CounterVec
 	cacheInvalidations *prometheus.CounterVec
+	// backhaulRefusals counts requests an owner edge did not take (or
+	// could not be reached for), by reason; each was tried elsewhere.
+	backhaulRefusals *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
@@ -83,7 +86,11 @@ func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
 		Name: "godwit_replay_cache_invalidations_total",
 		Help: "Replay-cache entries dropped by fly-replay-cache: invalidate.",
 	}, []string{"app"})
-	reg.MustRegister(m.replays, m.replayDuration, m.cacheRequests, m.cacheStores, m.cacheInvalidations)
+	m.backhaulRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "godwit_backhaul_refusals_total",
+		Help: "Requests for a machine of another edge that its owner refused (at_hard, unhealthy, stopped, gone, unreachable, draining) or that could not reach the owner (owner unreachable); each was tried on another machine.",
+	}, []string{"app", "reason"})
+	reg.MustRegister(m.replays, m.replayDuration, m.cacheRequests, m.cacheStores, m.cacheInvalidations, m.backhaulRefusals)
 	reg.MustRegister(m.requests, m.duration, m.rejections, m.queueWait, m.retries, &machineCollector{table: table})
 	return m
 }

@@ -94,6 +94,10 @@ func (h *Handler) replayTarget(app *routing.App, from *routing.Machine, ins repl
 // or buffered. Otherwise it is closed, which also stops a body writer
 // still running; the body keeps every byte it read for the next attempt.
 func (h *Handler) finishReplayResponse(r *http.Request, c *upConn, resp *http.Response, drained bool, bodyDone <-chan error, unwatch func() bool) {
+	if c == nil { // through the backhaul: ending the stream is all there is
+		resp.Body.Close()
+		return
+	}
 	reuse := !resp.Close && r.Context().Err() == nil
 	if bodyDone != nil {
 		select {

@@ -1,0 +1,276 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/godwit/godwit/replay"
+	"github.com/godwit/godwit/routing"
+)
+
+// Fleet is what the request path needs of the other edges: a way to send
+// a request to the node that owns a machine. The backhaul implements it.
+type Fleet interface {
+	// RoundTrip sends req to the backhaul of the node named owner. An
+	// error matching ErrOwnerUnreachable means nothing reached the owner,
+	// so the request may go elsewhere at once.
+	RoundTrip(req *http.Request, owner string) (*http.Response, error)
+}
+
+// ErrOwnerUnreachable is matched (errors.Is) by Fleet errors that mean the
+// owner could not be reached at all.
+var ErrOwnerUnreachable = errors.New("owner edge unreachable")
+
+// Backhaul headers: what the accepting edge tells the owner, and the
+// owner's refusal. They are godwit's own and never reach a machine or a
+// client.
+const (
+	hdrBackhaul = "Godwit-Backhaul" // the machine and the forwardInfo, URL-query encoded
+	hdrRefused  = "Godwit-Refused"  // the owner did not send the request to the machine: why
+)
+
+// Refusal reasons of an owner (Godwit-Refused). Each means the machine
+// never saw the request, so the accepting edge tries another candidate.
+const (
+	refusedGone        = "gone"        // no such machine on this node
+	refusedStopped     = "stopped"     // the machine is not started
+	refusedUnhealthy   = "unhealthy"   // failing its checks
+	refusedAtHard      = "at_hard"     // at its hard limit
+	refusedUnreachable = "unreachable" // connecting to it failed
+	refusedDraining    = "draining"    // the owner is shutting down
+)
+
+// ownerHold is how long an owner whose backhaul failed is kept out of the
+// pick (passive detection) unless a request through it succeeds sooner or
+// gossip reports it again.
+const ownerHold = 5 * time.Second
+
+// encodeBackhaul writes what the owner needs to forward the request as
+// this edge would: the machine, and the headers this edge adds (client IP,
+// its region, the request id, replay headers...).
+func encodeBackhaul(machine string, fi *forwardInfo) string {
+	v := url.Values{}
+	v.Set("machine", machine)
+	set := func(k, val string) {
+		if val != "" {
+			v.Set(k, val)
+		}
+	}
+	set("client_ip", fi.clientIP)
+	set("region", fi.region)
+	set("request_id", fi.requestID)
+	set("proto", fi.proto)
+	set("port", fi.port)
+	set("ssl", fi.ssl)
+	set("via", fi.via)
+	set("replay_src", fi.replaySrc)
+	set("replay_failed", fi.replayFailed)
+	set("cache_status", fi.replayCacheStatus)
+	set("preferred_unavailable", fi.preferredUnavailable)
+	if fi.chunked {
+		v.Set("chunked", "1")
+	}
+	return v.Encode()
+}
+
+// decodeBackhaul reads encodeBackhaul's value.
+func decodeBackhaul(s string) (machine string, fi forwardInfo, err error) {
+	v, err := url.ParseQuery(s)
+	if err != nil {
+		return "", fi, fmt.Errorf("bad %s header: %w", hdrBackhaul, err)
+	}
+	machine = v.Get("machine")
+	if machine == "" {
+		return "", fi, fmt.Errorf("bad %s header: no machine", hdrBackhaul)
+	}
+	fi = forwardInfo{
+		clientIP: v.Get("client_ip"), region: v.Get("region"), requestID: v.Get("request_id"),
+		proto: v.Get("proto"), port: v.Get("port"), ssl: v.Get("ssl"), via: v.Get("via"),
+		replaySrc: v.Get("replay_src"), replayFailed: v.Get("replay_failed"),
+		replayCacheStatus: v.Get("cache_status"), preferredUnavailable: v.Get("preferred_unavailable"),
+		chunked: v.Get("chunked") == "1",
+	}
+	return machine, fi, nil
+}
+
+// BackhaulHandler serves requests other edges send for this node's
+// machines. The backhaul authenticates the peer; this handler trusts what
+// the accepting edge says (which machine, the client's address, its
+// region) and forwards the request to the machine exactly, under the
+// machine's hard limit, returning its answer raw: a fly-replay answer goes
+// back to the accepting edge, which runs the replay.
+func (h *Handler) BackhaulHandler() http.Handler {
+	return http.HandlerFunc(h.serveBackhaul)
+}
+
+func (h *Handler) serveBackhaul(w http.ResponseWriter, r *http.Request) {
+	x := exchange{start: time.Now(), owner: true}
+	defer h.finish(r, &x)
+	id, fi, err := decodeBackhaul(r.Header.Get(hdrBackhaul))
+	if err != nil {
+		x.status = http.StatusBadRequest
+		http.Error(w, err.Error(), x.status)
+		return
+	}
+	x.requestID = fi.requestID
+	m := h.table.Machine(id)
+	refuse := func(reason string) {
+		w.Header().Set(hdrRefused, reason)
+		h.fail(w, &x, CodeOwnerRefused, "machine "+id+": "+reason, nil)
+	}
+	switch {
+	case h.draining.Load():
+		refuse(refusedDraining)
+		return
+	case m == nil || m.Remote():
+		refuse(refusedGone)
+		return
+	case !m.Started():
+		refuse(refusedStopped)
+		return
+	case !m.Healthy():
+		refuse(refusedUnhealthy)
+		return
+	case !m.TryAcquire():
+		refuse(refusedAtHard)
+		return
+	}
+	x.machine = m
+	x.app = h.table.App(m.App)
+	if x.app == nil {
+		refuse(refusedGone)
+		return
+	}
+	r.Host = r.Header.Get("Godwit-Host")
+	if r.Host == "" {
+		r.Host = r.URL.Host
+	}
+	h.forward(w, r, &x, &fi)
+}
+
+// remoteExchange sends the request to x.machine through its owner and
+// returns the owner's answer, which is the machine's (or the owner's
+// refusal, on which it tries another candidate: at most
+// proxy.connect_retries more, like connect failures). An owner that cannot
+// be reached is held out of the pick (passive detection), so following
+// requests go elsewhere without waiting for gossip.
+func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, body *replay.Body, hop **replayHop) (*http.Response, step) {
+	ctx := r.Context()
+	if h.fleet == nil {
+		h.fail(w, x, CodeOwnerRefused, "the machine is on another edge and this node has no backhaul", nil)
+		return nil, stepAnswered
+	}
+	if fi.upgrade != "" {
+		h.fail(w, x, CodeUpgradeRejected, "protocol upgrades to a machine of another edge are not supported yet", nil)
+		return nil, stepAnswered
+	}
+	var tried []*routing.Machine
+	for attempt := 0; ; attempt++ {
+		m := x.machine
+		req, err := h.backhaulRequest(r, m, fi)
+		if err != nil {
+			h.fail(w, x, CodeOwnerRefused, "could not build the backhaul request", err)
+			return nil, stepAnswered
+		}
+		(*hop).end()
+		x.markUpStart()
+		resp, err := h.fleet.RoundTrip(req, m.Owner)
+		reason := ""
+		switch {
+		case err == nil && resp.Header.Get(hdrRefused) == "":
+			h.table.MarkOwnerUp(m.Owner)
+			return resp, stepResponse
+		case err == nil:
+			reason = resp.Header.Get(hdrRefused)
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			h.applyRefusal(m, reason)
+		case ctx.Err() != nil:
+			x.err, x.status = ctx.Err(), 499
+			return nil, stepAnswered
+		case errors.Is(err, ErrOwnerUnreachable):
+			reason = "owner unreachable"
+			h.table.MarkOwnerDown(m.Owner, ownerHold)
+			h.log.Warn("owner edge unreachable; holding its machines out of routing", "owner", m.Owner, "hold", ownerHold, "request_id", x.requestID, "err", err)
+		default:
+			// The stream broke after the owner may have sent the request
+			// on: not safe to send again.
+			h.fail(w, x, CodeUpstreamFailed, "the backhaul to the machine's edge failed", err)
+			return nil, stepAnswered
+		}
+		h.metrics.backhaulRefusals.WithLabelValues(m.App, reason).Inc()
+		m.Release()
+		x.machine = nil
+		tried = append(tried, m)
+		if body != nil {
+			if err := body.Rewind(); err != nil {
+				h.fail(w, x, CodeOwnerRefused, fmt.Sprintf("the machine's edge refused the request (%s) and its body is over the %d-byte buffer kept for a resend", reason, h.cfg.ReplayBodyLimit), err)
+				return nil, stepAnswered
+			}
+		}
+		code := CodeOwnerRefused
+		msg := fmt.Sprintf("the edges owning machines of app %q refused the request or could not be reached (last: %s)", x.app.Name, reason)
+		if attempt >= h.cfg.ConnectRetries {
+			return nil, h.unreachable(w, r, x, fi, hop, code, errors.New(msg))
+		}
+		next, pcode, perr := h.pick(ctx, x.app, x, tried)
+		if perr != nil {
+			if pcode == CodeNoMachine {
+				return nil, h.unreachable(w, r, x, fi, hop, code, errors.New(msg))
+			}
+			return nil, h.unreachable(w, r, x, fi, hop, pcode, perr)
+		}
+		x.machine = next
+		if !next.Remote() {
+			return nil, stepAgain
+		}
+	}
+}
+
+// applyRefusal updates this node's view of a machine its owner refused,
+// until gossip reports it again.
+func (h *Handler) applyRefusal(m *routing.Machine, reason string) {
+	switch reason {
+	case refusedAtHard:
+		m.SetRemoteBand(routing.AtHard)
+	case refusedUnhealthy, refusedGone:
+		m.SetHealthy(false)
+	case refusedStopped:
+		m.SetStarted(false)
+	case refusedDraining:
+		h.table.MarkOwnerDown(m.Owner, ownerHold)
+	}
+}
+
+// backhaulRequest is the request to the owner of m: the client's request
+// as received (method, target, headers, streaming body) plus what this
+// edge adds, in Godwit-Backhaul. Hop-by-hop headers stay here.
+func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwardInfo) (*http.Request, error) {
+	target := requestTarget(r)
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, "https://"+m.Owner+target, nil)
+	if err != nil {
+		return nil, err
+	}
+	connection := r.Header["Connection"]
+	for k, vv := range r.Header {
+		if hopHeaders[k] || (len(connection) > 0 && connectionListed(connection, k)) {
+			continue
+		}
+		req.Header[k] = vv
+	}
+	req.Header.Set(hdrBackhaul, encodeBackhaul(m.ID, fi))
+	req.Header.Set("Godwit-Host", r.Host)
+	if hasBody(r) {
+		req.Body = r.Body
+		req.ContentLength = r.ContentLength
+		if r.ContentLength < 0 {
+			req.ContentLength = -1
+		}
+	}
+	req.Header.Del("Content-Length")
+	return req, nil
+}
