@@ -132,11 +132,8 @@ func (l *loader) config(r *reader) *Config {
 
 	l.gossip(r.table("gossip"), &cfg.Gossip)
 
-	b := r.table("backhaul")
-	if v := b.str("listen", &cfg.Backhaul.Listen); v != nil {
-		l.listenAddr(b, v, "listen", "udp")
-	}
-	b.done()
+	l.backhaul(r.table("backhaul"), &cfg.Backhaul)
+	l.regionCoords(r, &cfg)
 
 	l.proxy(r.table("proxy"), &cfg.Proxy)
 	cfg.Apps = l.apps(r.tables("app"))
@@ -670,4 +667,72 @@ func (l *loader) machines(rs []*reader, apps []App) []Machine {
 
 func hasApp(apps []App, name string) bool {
 	return slices.ContainsFunc(apps, func(a App) bool { return a.Name == name })
+}
+
+func (l *loader) backhaul(b *reader, bh *Backhaul) {
+	b.enum("protocol", &bh.Protocol, BackhaulQUIC, BackhaulH2)
+	if v := b.str("listen", &bh.Listen); v != nil {
+		network := "udp"
+		if bh.Protocol == BackhaulH2 {
+			network = "tcp"
+		}
+		l.listenAddr(b, v, "listen", network)
+	}
+	certV := b.str("cert_file", &bh.CertFile)
+	keyV := b.str("key_file", &bh.KeyFile)
+	switch {
+	case certV != nil && keyV == nil:
+		b.errorf(certV.line, "cert_file", "backhaul.key_file is required with backhaul.cert_file")
+	case keyV != nil && certV == nil:
+		b.errorf(keyV.line, "key_file", "backhaul.cert_file is required with backhaul.key_file")
+	}
+	if certV != nil {
+		bh.CertFile = l.path(bh.CertFile)
+	}
+	if keyV != nil {
+		bh.KeyFile = l.path(bh.KeyFile)
+	}
+	if b.str("ca_file", &bh.CAFile) != nil {
+		bh.CAFile = l.path(bh.CAFile)
+	}
+	var raw map[string]string
+	if v := b.stringMap("simulated_rtt", &raw); v != nil {
+		bh.SimulatedRTT = make(map[string]time.Duration, len(raw))
+		for k, val := range raw {
+			line := v.tab.get(k).line
+			a, c, ok := strings.Cut(k, "-")
+			if !ok || a == "" || c == "" || a == c {
+				b.errorf(line, "simulated_rtt."+k, `want two different regions joined by "-", like "iad-nrt"`)
+				continue
+			}
+			d, err := time.ParseDuration(val)
+			if err != nil || d < 0 || d > time.Minute {
+				b.errorf(line, "simulated_rtt."+k, "want a duration from 0 to 1m, like \"80ms\"")
+				continue
+			}
+			bh.SimulatedRTT[RegionPair(a, c)] = d
+		}
+	}
+	b.done()
+}
+
+// regionCoords reads [region_coords]: region code = "latitude,longitude".
+func (l *loader) regionCoords(r *reader, cfg *Config) {
+	var raw map[string]string
+	v := r.stringMap("region_coords", &raw)
+	if v == nil {
+		return
+	}
+	cfg.RegionCoords = make(map[string][2]float64, len(raw))
+	for k, val := range raw {
+		line := v.tab.get(k).line
+		lat, lon, ok := strings.Cut(val, ",")
+		la, err1 := strconv.ParseFloat(strings.TrimSpace(lat), 64)
+		lo, err2 := strconv.ParseFloat(strings.TrimSpace(lon), 64)
+		if !ok || err1 != nil || err2 != nil || la < -90 || la > 90 || lo < -180 || lo > 180 {
+			r.errorf(line, "region_coords."+k, `want "latitude,longitude" in degrees, like "35.77,140.39"`)
+			continue
+		}
+		cfg.RegionCoords[k] = [2]float64{la, lo}
+	}
 }

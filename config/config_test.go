@@ -46,6 +46,14 @@ secret_key_file = "gossip.key"
 
 [backhaul]
 listen = "10.0.0.1:4433"
+protocol = "h2"
+cert_file = "bh.pem"
+key_file = "bh.key"
+ca_file = "ca.pem"
+simulated_rtt = { "nrt-iad" = "150ms", "iad-cdg" = "80ms" }
+
+[region_coords]
+xyz = "10.5, -20"
 
 [proxy]
 read_header_timeout = "3s"
@@ -142,14 +150,16 @@ func TestParseEveryKey(t *testing.T) {
 		t.Fatalf("parse: got error\n%v\nwant none", err)
 	}
 	want := &Config{
-		Path:     "full.toml",
-		Node:     Node{Name: "edge-ams-2", Region: "ams"},
-		Listen:   Listen{HTTP: "0.0.0.0:80", HTTPS: "0.0.0.0:443", HTTP3: "0.0.0.0:443", Admin: "10.0.0.1:9091"},
-		TLS:      TLS{CertFile: "/etc/godwit/cert.pem", KeyFile: "/etc/godwit/key.pem"},
-		Log:      Log{Level: slog.LevelDebug, Format: "text", Access: false},
-		Admin:    Admin{TokenFile: "/etc/godwit/admin.token"},
-		Gossip:   Gossip{Bind: "10.0.0.1:7946", Advertise: "203.0.113.1:7946", Join: []string{"10.0.0.2:7946", "edge-fra-1.internal:7946"}, SecretKeyFile: "/etc/godwit/gossip.key"},
-		Backhaul: Backhaul{Listen: "10.0.0.1:4433"},
+		Path:   "full.toml",
+		Node:   Node{Name: "edge-ams-2", Region: "ams"},
+		Listen: Listen{HTTP: "0.0.0.0:80", HTTPS: "0.0.0.0:443", HTTP3: "0.0.0.0:443", Admin: "10.0.0.1:9091"},
+		TLS:    TLS{CertFile: "/etc/godwit/cert.pem", KeyFile: "/etc/godwit/key.pem"},
+		Log:    Log{Level: slog.LevelDebug, Format: "text", Access: false},
+		Admin:  Admin{TokenFile: "/etc/godwit/admin.token"},
+		Gossip: Gossip{Bind: "10.0.0.1:7946", Advertise: "203.0.113.1:7946", Join: []string{"10.0.0.2:7946", "edge-fra-1.internal:7946"}, SecretKeyFile: "/etc/godwit/gossip.key"},
+		Backhaul: Backhaul{Listen: "10.0.0.1:4433", Protocol: "h2", CertFile: "/etc/godwit/bh.pem", KeyFile: "/etc/godwit/bh.key",
+			CAFile: "/etc/godwit/ca.pem", SimulatedRTT: map[string]time.Duration{"iad-nrt": 150 * time.Millisecond, "cdg-iad": 80 * time.Millisecond}},
+		RegionCoords: map[string][2]float64{"xyz": {10.5, -20}},
 		Proxy: Proxy{
 			ReadHeaderTimeout:   3 * time.Second,
 			IdleTimeout:         time.Minute,
@@ -260,10 +270,11 @@ func TestDefaults(t *testing.T) {
 		Concurrency:       Concurrency{Type: "connections", SoftLimit: 20, HardLimit: 0},
 	}
 	base := Config{
-		Path:   "d.toml",
-		Node:   Node{Name: "test-host", Region: "local"},
-		Listen: Listen{HTTP: "127.0.0.1:8080", Admin: "127.0.0.1:9090"},
-		Log:    Log{Level: slog.LevelInfo, Format: "json", Access: true},
+		Path:     "d.toml",
+		Node:     Node{Name: "test-host", Region: "local"},
+		Listen:   Listen{HTTP: "127.0.0.1:8080", Admin: "127.0.0.1:9090"},
+		Log:      Log{Level: slog.LevelInfo, Format: "json", Access: true},
+		Backhaul: Backhaul{Protocol: "quic"},
 		Proxy: Proxy{
 			ReadHeaderTimeout:   10 * time.Second,
 			IdleTimeout:         120 * time.Second,

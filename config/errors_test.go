@@ -64,6 +64,13 @@ func TestErrors(t *testing.T) {
 		{"syntax: duplicate table", "[node]\n[log]\n[node]\n", []wantErr{{3, "", "table node already exists"}}},
 		{"syntax: leading zero", "[proxy]\nmax_queue = 010\n", []wantErr{{2, "", "leading zero"}}},
 
+		// The fleet's keys.
+		{"backhaul protocol", "[backhaul]\nprotocol = \"tcp\"\n", []wantErr{{2, "backhaul.protocol", `"quic"`}}},
+		{"backhaul cert without key", "[backhaul]\n\ncert_file = \"c.pem\"\n", []wantErr{{3, "backhaul.cert_file", "key_file is required"}}},
+		{"simulated rtt pair", "[backhaul.simulated_rtt]\niad = \"10ms\"\n", []wantErr{{2, "backhaul.simulated_rtt.iad", "two different regions"}}},
+		{"simulated rtt duration", "[backhaul.simulated_rtt]\n\"iad-nrt\" = \"fast\"\n", []wantErr{{2, "backhaul.simulated_rtt.iad-nrt", "duration"}}},
+		{"region coords", "[region_coords]\nxyz = \"95,10\"\n", []wantErr{{2, "region_coords.xyz", "latitude,longitude"}}},
+
 		// Unknown keys.
 		{"unknown table", "\n[nodes]\nname = \"a\"\n", []wantErr{{2, "nodes", `unknown key "nodes" (did you mean "node"?)`}}},
 		{"unknown key", "[node]\n\nnaem = \"a\"\n", []wantErr{{3, "node.naem", `(did you mean "name"?)`}}},

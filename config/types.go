@@ -21,9 +21,12 @@ type Config struct {
 	Admin    Admin
 	Gossip   Gossip
 	Backhaul Backhaul
-	Proxy    Proxy
-	Apps     []App
-	Machines []Machine
+	// RegionCoords adds or overrides the static (latitude, longitude) of
+	// region codes, which order regions until gossip has measured RTTs.
+	RegionCoords map[string][2]float64
+	Proxy        Proxy
+	Apps         []App
+	Machines     []Machine
 }
 
 // Node names this edge and the region it serves.
@@ -80,7 +83,33 @@ type Gossip struct {
 
 // Backhaul configures QUIC between edges (used from the fleet issue on).
 type Backhaul struct {
-	Listen string // host:port (UDP); empty (the default) means off
+	Listen   string // host:port (UDP for quic, TCP for h2); empty (the default) means off
+	Protocol string // BackhaulQUIC (default) or BackhaulH2
+	// CertFile and KeyFile name the node's backhaul certificate (both or
+	// neither); without them a self-signed one is made at start. Either
+	// way peers pin its fingerprint through gossip.
+	CertFile, KeyFile string
+	// CAFile, if set, names an operator CA: peers are verified against it
+	// instead of by pinned fingerprints.
+	CAFile string
+	// SimulatedRTT adds a delay to every backhaul request between two
+	// regions ("iad-nrt", either order), so one machine behaves like a
+	// fleet spread over the world. For tests and the demo only.
+	SimulatedRTT map[string]time.Duration
+}
+
+// Backhaul protocols.
+const (
+	BackhaulQUIC = "quic" // HTTP/3 over QUIC
+	BackhaulH2   = "h2"   // HTTP/2 over TLS over TCP
+)
+
+// RegionPair is the SimulatedRTT key of two regions, in either order.
+func RegionPair(a, b string) string {
+	if a > b {
+		a, b = b, a
+	}
+	return a + "-" + b
 }
 
 // Proxy holds the request-path limits and timeouts of the [proxy] table.

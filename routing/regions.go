@@ -24,12 +24,23 @@ var regionCoords = map[string][2]float64{
 // Distance returns a static distance in kilometres between two regions: 0
 // for the same region, great-circle distance for known region codes, and a
 // large constant for unknown ones (so known regions sort first).
-func Distance(a, b string) float64 {
+func Distance(a, b string) float64 { return distance(nil, a, b) }
+
+// distance is Distance with extra coordinates that add to or override the
+// built-in ones (config's region_coords).
+func distance(extra map[string][2]float64, a, b string) float64 {
 	if a == b {
 		return 0
 	}
-	pa, okA := regionCoords[a]
-	pb, okB := regionCoords[b]
+	coords := func(r string) ([2]float64, bool) {
+		if c, ok := extra[r]; ok {
+			return c, true
+		}
+		c, ok := regionCoords[r]
+		return c, ok
+	}
+	pa, okA := coords(a)
+	pb, okB := coords(b)
 	if !okA || !okB {
 		return 1e6
 	}

@@ -178,7 +178,7 @@ func (t *Table) RegionRTT(region string) (time.Duration, bool) {
 	if d, ok := t.rtts[region]; ok {
 		return d, true
 	}
-	return staticRTT(t.region, region), false
+	return staticRTT(t.coords, t.region, region), false
 }
 
 // orderRegions sorts regions nearest first: by measured RTT where gossip
@@ -192,7 +192,7 @@ func (t *Table) orderRegions(regions []string) {
 		if d, ok := t.rtts[r]; ok {
 			return d
 		}
-		return staticRTT(t.region, r)
+		return staticRTT(t.coords, t.region, r)
 	}
 	sort.Slice(regions, func(i, j int) bool {
 		di, dj := key(regions[i]), key(regions[j])
@@ -207,9 +207,20 @@ func (t *Table) orderRegions(regions []string) {
 // distance: light in fibre covers about 100 km of distance per millisecond
 // of round trip, and real paths are longer than great circles, so 1 ms per
 // 80 km. It only has to order regions sensibly until measurements come.
-func staticRTT(a, b string) time.Duration {
+func staticRTT(coords map[string][2]float64, a, b string) time.Duration {
 	if a == b {
 		return 0
 	}
-	return time.Duration(Distance(a, b) / 80 * float64(time.Millisecond))
+	return time.Duration(distance(coords, a, b) / 80 * float64(time.Millisecond))
+}
+
+// SetRegionCoords adds or overrides region positions (config's
+// region_coords) for the static order used until RTTs are measured.
+func (t *Table) SetRegionCoords(coords map[string][2]float64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.coords = coords
+	if t.snap.Load() != nil {
+		t.rebuild()
+	}
 }

@@ -84,9 +84,21 @@ func TestRegionRTTOrder(t *testing.T) {
 	tab.SetRegionRTTs(map[string]time.Duration{"nrt": 5 * time.Millisecond, "ord": 90 * time.Millisecond})
 	a = mustApp(t, tab, "app")
 	if got := a.Regions(); got[0] != "nrt" || got[1] != "cdg" || got[2] != "ord" {
-		t.Fatalf("order with RTTs (nrt 5ms, ord 90ms, cdg static ~%v): got %v, want [nrt cdg ord]", staticRTT("iad", "cdg"), got)
+		t.Fatalf("order with RTTs (nrt 5ms, ord 90ms, cdg static ~%v): got %v, want [nrt cdg ord]", staticRTT(nil, "iad", "cdg"), got)
 	}
 	if d, measured := tab.RegionRTT("nrt"); d != 5*time.Millisecond || !measured {
 		t.Errorf("RegionRTT(nrt) = %v, %v; want 5ms measured", d, measured)
+	}
+}
+
+func TestRegionCoords(t *testing.T) {
+	tab := NewTable("iad", []config.App{testApp("app", 2, 4, "app.example")},
+		[]config.Machine{testMachine("a", "app", "cdg"), testMachine("b", "app", "xyz")})
+	if got := mustApp(t, tab, "app").Regions(); got[0] != "cdg" {
+		t.Fatalf("unknown region xyz: got %v, want it last", got)
+	}
+	tab.SetRegionCoords(map[string][2]float64{"xyz": {39, -77}}) // next to iad
+	if got := mustApp(t, tab, "app").Regions(); got[0] != "xyz" {
+		t.Fatalf("xyz placed next to iad: got %v, want it first", got)
 	}
 }

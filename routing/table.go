@@ -187,13 +187,13 @@ type Table struct {
 	region string
 	snap   atomic.Pointer[snapshot]
 
-	mu       sync.Mutex // serialises changes; guards the inputs below
-	apps     []config.App
-	local    []config.Machine
-	remote   []RemoteMachine
-	owners   map[string]*ownerState // by node name; kept across rebuilds
-	rtts     map[string]time.Duration
-	rttsSeen bool
+	mu     sync.Mutex // serialises changes; guards the inputs below
+	apps   []config.App
+	local  []config.Machine
+	remote []RemoteMachine
+	owners map[string]*ownerState // by node name; kept across rebuilds
+	rtts   map[string]time.Duration
+	coords map[string][2]float64 // region_coords from config
 }
 
 type snapshot struct {
