@@ -23,6 +23,10 @@ type MachineStatus struct {
 	SoftLimit int    `json:"soft_limit"`
 	HardLimit int    `json:"hard_limit"` // 0: none
 	Queued    int    `json:"queued"`     // requests waiting for any machine of the app
+	// Owner is the edge that owns a machine of another node ("" for this
+	// node's own); Reachable is false while that owner is down.
+	Owner     string `json:"owner,omitempty"`
+	Reachable bool   `json:"reachable"`
 }
 
 // adminHandler serves the admin API: /metrics, /healthz, /v1/machines.
@@ -49,8 +53,10 @@ func (s *Server) adminHandler(gatherer prometheus.Gatherer) http.Handler {
 	return mux
 }
 
-// Machines lists every machine of the node with its live state, sorted by
-// app and id.
+// Machines lists every machine the node routes to, its own and (with
+// Owner set) those of other edges, with their live state, sorted by app and
+// id. For another edge's machine, Inflight counts this node's requests and
+// Band is the higher of the owner's report and this node's own load.
 func (s *Server) Machines() []MachineStatus {
 	var out []MachineStatus
 	for _, a := range s.table.Apps() {
@@ -59,7 +65,7 @@ func (s *Server) Machines() []MachineStatus {
 				ID: m.ID, App: a.Name, Region: m.Region, Address: m.Addr,
 				State: "stopped", Health: "failing", Band: m.Band().String(),
 				Inflight: m.Inflight(), SoftLimit: m.SoftLimit(), HardLimit: m.HardLimit(),
-				Queued: a.QueueLen(),
+				Queued: a.QueueLen(), Owner: m.Owner, Reachable: m.Reachable(),
 			}
 			if m.Started() {
 				st.State = "started"
