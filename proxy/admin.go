@@ -50,6 +50,9 @@ func (s *Server) adminHandler(gatherer prometheus.Gatherer) http.Handler {
 	mux.HandleFunc("GET /v1/machines", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, s.Machines())
 	})
+	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, s.Members())
+	})
 	return mux
 }
 
@@ -90,4 +93,44 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
+}
+
+// MemberStatus is one node of the fleet in /v1/members.
+type MemberStatus struct {
+	Name     string `json:"name"`
+	Region   string `json:"region"`
+	Addr     string `json:"addr"`     // gossip address
+	Backhaul string `json:"backhaul"` // backhaul address
+	State    string `json:"state"`    // alive, dead, left
+	Self     bool   `json:"self"`
+	// RTTMs is the estimated round trip from this node (network
+	// coordinates), absent until measured.
+	RTTMs *float64 `json:"rtt_ms,omitempty"`
+}
+
+// Members lists the fleet's nodes, this one included, sorted by region and
+// name; just this node when gossip is off.
+func (s *Server) Members() []MemberStatus {
+	s.mu.Lock()
+	f := s.fleet
+	s.mu.Unlock()
+	if f == nil {
+		return []MemberStatus{{Name: s.cfg.Node.Name, Region: s.cfg.Node.Region, State: "alive", Self: true}}
+	}
+	var out []MemberStatus
+	for _, m := range f.node.Members() {
+		st := MemberStatus{Name: m.Name, Region: m.Region, Addr: m.Addr, Backhaul: m.BackhaulAddr, State: m.State, Self: m.Name == s.cfg.Node.Name}
+		if m.HasRTT {
+			ms := float64(m.RTT.Microseconds()) / 1000
+			st.RTTMs = &ms
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Region != out[j].Region {
+			return out[i].Region < out[j].Region
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
 }

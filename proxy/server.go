@@ -34,6 +34,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[string]net.Listener // "http", "https", "admin"
+	fleet     *fleet                  // nil: a single node (or not running yet)
 	tlsConf   *tls.Config
 }
 
@@ -153,7 +154,24 @@ func (s *Server) Run(ctx context.Context) error {
 
 	healthCtx, stopHealth := context.WithCancel(context.Background())
 	defer stopHealth()
+	// The fleet outlives the drain: requests in flight may still need
+	// other edges' machines.
+	fleetCtx, stopFleet := context.WithCancel(context.Background())
+	defer stopFleet()
+	f, err := newFleet(s.cfg, s.table, s.handler, s.log, s.reg)
+	if err != nil {
+		s.closeListeners()
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
+	if f != nil {
+		s.mu.Lock()
+		s.fleet = f
+		s.mu.Unlock()
+		s.handler.fleet = f
+		g.Go(func() error { return f.run(fleetCtx) })
+		s.log.Info("fleet joined", "gossip", f.node.Addr(), "backhaul", f.backhaulAddr(), "protocol", s.cfg.Backhaul.Protocol)
+	}
 	g.Go(func() error { return s.health.Run(healthCtx) })
 	g.Go(func() error { s.janitor(gctx); return nil })
 
@@ -206,6 +224,9 @@ func (s *Server) Run(ctx context.Context) error {
 
 	<-gctx.Done()
 	s.handler.draining.Store(true)
+	if f != nil {
+		f.leave() // peers stop sending requests here while it drains
+	}
 	s.log.Info("draining", "timeout", s.cfg.Proxy.DrainTimeout)
 	drainCtx, cancel := context.WithTimeout(context.Background(), s.cfg.Proxy.DrainTimeout)
 	defer cancel()
@@ -229,8 +250,9 @@ func (s *Server) Run(ctx context.Context) error {
 		admin.Close()
 	}
 	stopHealth()
+	stopFleet()
 	s.handler.closePools()
-	err := g.Wait()
+	err = g.Wait()
 	if drainErr != nil {
 		s.log.Warn("drain timeout passed with requests still in flight; they were cut", "timeout", s.cfg.Proxy.DrainTimeout)
 	} else {
@@ -282,4 +304,14 @@ func portOf(a net.Addr) string {
 	}
 	_, p, _ := net.SplitHostPort(a.String())
 	return p
+}
+
+// closeListeners closes the bound listeners (Run failed before serving).
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, ln := range s.listeners {
+		ln.Close()
+		delete(s.listeners, name)
+	}
 }

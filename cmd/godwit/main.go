@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,6 +30,7 @@ Usage:
   godwit run --config FILE      run one edge node until SIGINT/SIGTERM (graceful drain)
   godwit demo [flags]           run a local demo edge with sample machines
   godwit config check FILE      validate a config file; print every error with its line
+  godwit keygen                 print a new gossip key (base64 of 32 random bytes) for gossip.secret_key_file
   godwit version                print the version
 
 Run 'godwit COMMAND --help' for a command's flags.
@@ -66,6 +69,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return cmdConfigCheck(args[2:], stdout, stderr)
+	case "keygen":
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			fmt.Fprintln(stderr, "godwit keygen:", err)
+			return 1
+		}
+		fmt.Fprintln(stdout, base64.StdEncoding.EncodeToString(key))
+		return 0
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "godwit", version())
 		return 0

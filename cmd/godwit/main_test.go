@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"io"
 	"net/http"
 	"os"
@@ -151,5 +152,25 @@ func TestDemoCurlLineWorks(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("demo did not exit within 15s of cancellation")
+	}
+}
+
+// TestKeygen: godwit keygen prints a key that gossip.secret_key_file
+// accepts (base64 of 32 bytes), a new one each time.
+func TestKeygen(t *testing.T) {
+	keys := map[string]bool{}
+	for range 2 {
+		var out bytes.Buffer
+		if code := run(t.Context(), []string{"keygen"}, &out, &out); code != 0 {
+			t.Fatalf("godwit keygen: exit %d: %s", code, out.String())
+		}
+		k := strings.TrimSpace(out.String())
+		if b, err := base64.StdEncoding.DecodeString(k); err != nil || len(b) != 32 {
+			t.Fatalf("godwit keygen printed %q: want base64 of 32 bytes (%v)", k, err)
+		}
+		keys[k] = true
+	}
+	if len(keys) != 2 {
+		t.Errorf("two runs of godwit keygen printed the same key")
 	}
 }

@@ -1,0 +1,571 @@
+package gossip
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// ErrShutdown is returned by Leave after Shutdown.
+var ErrShutdown = errors.New("gossip: node is shut down")
+
+// Member states, as Member.State reports them.
+const (
+	StateAlive = "alive"
+	StateDead  = "dead" // failed: declared dead by the failure detector
+	StateLeft  = "left" // left gracefully
+)
+
+// Member is one node of the fleet, as this node knows it.
+type Member struct {
+	Name, Region string
+	// Addr is the member's gossip address (host:port).
+	Addr string
+	// BackhaulAddr and Fingerprint are from the member's metadata: where
+	// its backhaul listens and the hex SHA-256 of its certificate.
+	BackhaulAddr, Fingerprint string
+	// State is StateAlive, StateDead or StateLeft. memberlist does not
+	// tell its delegates when it suspects a node, so a suspect member is
+	// still reported alive until it is declared dead.
+	State string
+	// RTT is the round-trip time from this node estimated by network
+	// coordinates, valid when HasRTT (0 and true for this node itself).
+	RTT    time.Duration
+	HasRTT bool
+}
+
+// Node is this process's member of the fleet: it publishes the machines
+// this node owns and learns everyone else's. Its methods are safe for
+// concurrent use.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	ml      *memberlist.Memberlist
+	queue   *memberlist.TransmitLimitedQueue
+	met     *metrics
+	coords  *coords
+	meta    []byte
+	changes chan struct{}
+	kick    chan struct{} // SetLocal scheduled a band flush
+	quit    chan struct{}
+	wg      sync.WaitGroup
+
+	maxBroadcast int          // largest update that fits a gossip packet
+	alive        atomic.Int32 // live members, this node included
+	left         atomic.Bool
+	published    atomic.Int64 // own record versions queued (tests)
+
+	mu            sync.Mutex
+	tab           *table
+	members       map[string]*memberInfo
+	leaving       map[string]leaveIntent // by member name
+	lastBandFlush time.Time
+	bandDue       time.Time // when the pending band flush is due; zero: none
+
+	life   sync.Mutex // serializes Leave and Shutdown
+	closed bool
+	reg    *membersCollector
+}
+
+// memberInfo is a member without its RTT, and since when it is in its
+// state.
+type memberInfo struct {
+	Member
+	since time.Time
+}
+
+// leaveIntent is a member's announced intent to leave. memberlist reports
+// a graceful leave to delegates exactly as a failure (its Node.State is not
+// set in events), so, as Serf does, a leaving node first gossips its
+// intent, and receivers tell the two apart with it, in whichever order the
+// intent and memberlist's leave arrive.
+type leaveIntent struct {
+	at   int64     // the leaving node's clock, unix ns: identifies the intent
+	seen time.Time // local receipt, for expiry
+}
+
+// Broadcast sizing: memberlist's packet budget less the worst-case
+// framing (compound header, label, encryption, user-message header).
+const (
+	broadcastOverhead = 100
+	// maxQueued bounds the broadcast queue; past it the updates sent most
+	// often are dropped, anti-entropy delivering what they carried.
+	maxQueued = 4096
+	// maxStateBytes bounds the anti-entropy state this node sends:
+	// memberlist refuses more than 20 MB, failing the whole exchange.
+	maxStateBytes = 16 << 20
+)
+
+// Start starts a node: it binds the gossip port, starts memberlist and
+// a background loop that joins cfg.Join, retrying with backoff, and later
+// reconnects to dead members. It returns at once, without waiting for any
+// peer. Call Shutdown to stop it.
+func Start(cfg Config) (*Node, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	n := &Node{
+		cfg:     cfg,
+		log:     cfg.Log,
+		coords:  newCoords(),
+		meta:    encodeMeta(meta{Region: cfg.Region, BackhaulAddr: cfg.BackhaulAddr, Fingerprint: strings.ToLower(cfg.CertFingerprint)}),
+		changes: make(chan struct{}, 1),
+		kick:    make(chan struct{}, 1),
+		quit:    make(chan struct{}),
+		tab:     newTable(cfg.Name, cfg.DeadOwnerTTL),
+		members: make(map[string]*memberInfo),
+		leaving: make(map[string]leaveIntent),
+	}
+	met, err := newMetrics(cfg.Registerer, n)
+	if err != nil {
+		return nil, err
+	}
+	n.met = met
+	mc := cfg.memberlistConfig(&delegate{n: n})
+	n.queue = &memberlist.TransmitLimitedQueue{
+		NumNodes:       func() int { return int(n.alive.Load()) },
+		RetransmitMult: mc.RetransmitMult,
+	}
+	n.maxBroadcast = mc.UDPBufferSize - broadcastOverhead
+	if len(mc.SecretKey) == 0 && mc.Keyring == nil {
+		n.log.Warn("gossip is NOT encrypted: anyone who can reach the gossip port can join the fleet, read every machine's state and inject records; set a secret key (gossip.secret_key_file; godwit keygen prints one)",
+			"bind", cfg.Bind)
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		if cfg.Registerer != nil {
+			cfg.Registerer.Unregister(&membersCollector{n: n, desc: membersDesc})
+		}
+		return nil, fmt.Errorf("gossip: starting on %q: %w", cfg.Bind, err)
+	}
+	n.ml = ml
+	n.wg.Add(2)
+	go n.run()
+	go n.joinLoop()
+	n.log.Info("gossip started", "node", cfg.Name, "region", cfg.Region, "addr", ml.LocalNode().Address(), "encrypted", mc.EncryptionEnabled())
+	return n, nil
+}
+
+// Name returns the node's name.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// Addr returns the address peers reach this node's gossip at (host:port):
+// with Bind port 0, the port picked.
+func (n *Node) Addr() string { return n.ml.LocalNode().Address() }
+
+// SetLocal replaces the set of machines this node owns: the node diffs it
+// against the previous set, versions and broadcasts new and changed
+// records, and broadcasts a tombstone for each record no longer in it.
+// Owner, Version, Updated, Reachable and Deleted of the given records are
+// ignored (set by the node); an empty Region means the node's; a record
+// without ID is ignored. A change of Band alone is published at most every
+// LoadInterval, coalesced with other such changes; any other change goes
+// out at once (with the current Band).
+//
+// Call SetLocal once at start, even with no machines: records a previous
+// run of this node published stand until then, and are withdrawn by it.
+func (n *Node) SetLocal(records []Record) {
+	recs := make([]Record, 0, len(records))
+	for _, r := range records {
+		if r.ID == "" {
+			n.log.Warn("gossip: a machine record without ID is ignored", "app", r.App, "addr", r.Addr)
+			continue
+		}
+		if r.Region == "" {
+			r.Region = n.cfg.Region
+		}
+		r.Deleted = false
+		recs = append(recs, r)
+	}
+	now := time.Now()
+	var kick bool
+	n.mu.Lock()
+	pub, bandPending := n.tab.setLocal(recs, now)
+	if bandPending {
+		if now.Sub(n.lastBandFlush) >= n.cfg.LoadInterval {
+			pub = append(pub, n.tab.flushBands(now)...)
+			n.lastBandFlush, n.bandDue = now, time.Time{}
+		} else if n.bandDue.IsZero() {
+			n.bandDue = n.lastBandFlush.Add(n.cfg.LoadInterval)
+			kick = true
+		}
+	}
+	n.mu.Unlock()
+	if kick {
+		select {
+		case n.kick <- struct{}{}:
+		default:
+		}
+	}
+	n.broadcast(pub, resultPublished)
+}
+
+// Remote returns the newest version of every machine record of other
+// owners, sorted by owner and ID, with Reachable set; tombstones are not
+// returned. The slice is the caller's.
+func (n *Node) Remote() []Record {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.tab.remote()
+}
+
+// Changes returns a channel (capacity 1) that receives a value whenever
+// Remote or Members may have changed; several changes may be signalled
+// once. Consumers re-read both after each receive.
+func (n *Node) Changes() <-chan struct{} { return n.changes }
+
+// Members returns every member this node knows, itself included, sorted
+// by name. Dead members are listed for ReconnectTimeout, left ones for
+// DeadOwnerTTL.
+func (n *Node) Members() []Member {
+	n.mu.Lock()
+	out := make([]Member, 0, len(n.members))
+	for _, mi := range n.members {
+		out = append(out, mi.Member)
+	}
+	n.mu.Unlock()
+	for i := range out {
+		n.setRTT(&out[i])
+	}
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Member returns the member named name, if known.
+func (n *Node) Member(name string) (Member, bool) {
+	n.mu.Lock()
+	mi := n.members[name]
+	n.mu.Unlock()
+	if mi == nil {
+		return Member{}, false
+	}
+	m := mi.Member
+	n.setRTT(&m)
+	return m, true
+}
+
+// isAlive reports whether name is a live member.
+func (n *Node) isAlive(name string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	mi := n.members[name]
+	return mi != nil && mi.State == StateAlive
+}
+
+func (n *Node) setRTT(m *Member) {
+	switch {
+	case m.Name == n.cfg.Name:
+		m.RTT, m.HasRTT = 0, true
+	case m.State == StateAlive:
+		m.RTT, m.HasRTT = n.coords.rtt(m.Name)
+	}
+}
+
+// RegionRTTs returns, for each region with a live member whose RTT is
+// estimated, the lowest estimated RTT to a member there; this node's own
+// region is always there, at 0. A region whose members have not been
+// pinged yet is missing (until a few probe intervals after they join).
+func (n *Node) RegionRTTs() map[string]time.Duration {
+	out := map[string]time.Duration{n.cfg.Region: 0}
+	for _, m := range n.Members() {
+		if m.State != StateAlive || !m.HasRTT || m.Region == "" {
+			continue
+		}
+		if d, ok := out[m.Region]; !ok || m.RTT < d {
+			out[m.Region] = m.RTT
+		}
+	}
+	return out
+}
+
+// Leave leaves the fleet gracefully: it tells the peers, which mark this
+// node's records unreachable at once, and waits until the message went
+// out or timeout passed. The node keeps answering gossip until Shutdown
+// and does not rejoin.
+func (n *Node) Leave(timeout time.Duration) error {
+	n.life.Lock()
+	defer n.life.Unlock()
+	if n.closed {
+		return ErrShutdown
+	}
+	n.left.Store(true)
+	n.leaveIntent(n.cfg.Name, time.Now().UnixNano())
+	if err := n.ml.Leave(timeout); err != nil {
+		return fmt.Errorf("gossip: leave: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops the node without telling the peers (they detect its
+// failure; call Leave first to leave gracefully): it closes the gossip
+// listeners and returns when the node's goroutines have ended (a join
+// attempt in progress can hold it up to memberlist's TCPTimeout).
+// Shutdown is idempotent.
+func (n *Node) Shutdown() error {
+	n.life.Lock()
+	defer n.life.Unlock()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
+	close(n.quit)
+	err := n.ml.Shutdown()
+	n.wg.Wait()
+	if n.cfg.Registerer != nil {
+		n.cfg.Registerer.Unregister(&membersCollector{n: n, desc: membersDesc})
+	}
+	if err != nil {
+		return fmt.Errorf("gossip: shutdown: %w", err)
+	}
+	return nil
+}
+
+// signal tells Changes' reader that something changed.
+func (n *Node) signal() {
+	select {
+	case n.changes <- struct{}{}:
+	default:
+	}
+}
+
+// broadcast queues records for gossip, one message each, named by owner
+// and ID so that a newer version replaces a queued older one.
+func (n *Node) broadcast(recs []Record, result string) {
+	if len(recs) == 0 {
+		return
+	}
+	for i := range recs {
+		msg := encodeRecords(kindUpdate, recs[i:i+1])
+		if len(msg) > n.maxBroadcast {
+			n.log.Warn("gossip: machine record too large to gossip; it spreads by anti-entropy only (shorten its fields)",
+				"machine", recs[i].ID, "owner", recs[i].Owner, "bytes", len(msg), "max", n.maxBroadcast)
+			continue
+		}
+		n.queue.QueueBroadcast(&broadcast{name: recs[i].Owner + "\x00" + recs[i].ID, msg: msg})
+		n.met.message(kindLabelUpdate, result)
+		if result == resultPublished {
+			n.published.Add(1)
+		}
+	}
+	if n.queue.NumQueued() > maxQueued {
+		n.queue.Prune(maxQueued)
+	}
+}
+
+// leaveIntent records member name's intent to leave, made at at, and
+// relays it if it is new. A member already reported dead is now left.
+func (n *Node) leaveIntent(name string, at int64) {
+	now := time.Now()
+	n.mu.Lock()
+	if prev, ok := n.leaving[name]; ok && prev.at >= at {
+		n.mu.Unlock()
+		n.met.message(kindLabelLeave, resultStale)
+		return
+	}
+	n.leaving[name] = leaveIntent{at: at, seen: now}
+	mi := n.members[name]
+	changed := mi != nil && mi.State == StateDead
+	if changed {
+		mi.State, mi.since = StateLeft, now
+	}
+	n.mu.Unlock()
+	result := resultRelayed
+	if name == n.cfg.Name {
+		result = resultPublished
+	} else {
+		n.met.message(kindLabelLeave, resultApplied)
+	}
+	n.queue.QueueBroadcast(&broadcast{name: "\x00leave\x00" + name, msg: encodeLeave(name, at)})
+	n.met.message(kindLabelLeave, result)
+	if changed {
+		n.log.Info("gossip: member "+StateLeft, "member", name)
+		n.signal()
+	}
+}
+
+// broadcast is one queued record update.
+type broadcast struct {
+	name string
+	msg  []byte
+}
+
+func (b *broadcast) Name() string    { return b.name }
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished()       {}
+func (b *broadcast) Invalidates(other memberlist.Broadcast) bool {
+	nb, ok := other.(memberlist.NamedBroadcast)
+	return ok && nb.Name() == b.name
+}
+
+// merge applies records received from a peer (kind is the metric label):
+// newer ones are stored, and relayed when relay is set; answers to
+// stale copies of this node's own records are published.
+func (n *Node) merge(recs []Record, kind string, relay bool) {
+	now := time.Now()
+	var applied, pub []Record
+	var changed bool
+	n.mu.Lock()
+	for _, r := range recs {
+		newer, ch, answer := n.tab.apply(r, now)
+		if newer {
+			applied = append(applied, r)
+		}
+		changed = changed || ch
+		pub = append(pub, answer...)
+	}
+	n.mu.Unlock()
+
+	result := resultStale
+	if len(applied) > 0 {
+		result = resultApplied
+	}
+	n.met.message(kind, result)
+	for _, r := range applied {
+		if relay {
+			n.met.observePropagation(r.Updated, now)
+		}
+		if h := n.cfg.hooks; h != nil && h.applied != nil {
+			h.applied(r)
+		}
+	}
+	if relay {
+		n.broadcast(applied, resultRelayed)
+	}
+	n.broadcast(pub, resultPublished)
+	if changed {
+		n.signal()
+	}
+}
+
+// localState encodes every record this node knows for a push/pull, own
+// records first, within maxStateBytes.
+func (n *Node) localState() []byte {
+	n.mu.Lock()
+	recs := n.tab.all()
+	n.mu.Unlock()
+	size := 0
+	for i := range recs {
+		size += 128 + len(recs[i].ID) + len(recs[i].App) + len(recs[i].Addr) + len(recs[i].Owner) + len(recs[i].State) + len(recs[i].Region)
+		if size > maxStateBytes {
+			n.log.Warn("gossip: anti-entropy state truncated: too many machine records for one pool (split the fleet into regional pools)",
+				"records", len(recs), "sent", i)
+			recs = recs[:i]
+			break
+		}
+	}
+	return encodeRecords(kindState, recs)
+}
+
+// memberEvent records a membership change of node, now in state.
+func (n *Node) memberEvent(node *memberlist.Node, state string) {
+	m := Member{Name: node.Name, Addr: node.Address(), State: state}
+	if md, err := decodeMeta(node.Meta); err != nil {
+		n.log.Debug("gossip: undecodable member metadata", "member", node.Name, "err", err)
+	} else {
+		m.Region, m.BackhaulAddr, m.Fingerprint = md.Region, md.BackhaulAddr, md.Fingerprint
+	}
+	now := time.Now()
+	n.mu.Lock()
+	prev := n.members[node.Name]
+	wasAlive := prev != nil && prev.State == StateAlive
+	if _, ok := n.leaving[node.Name]; ok {
+		if state == StateDead {
+			state = StateLeft
+		} else if !wasAlive {
+			delete(n.leaving, node.Name) // rejoined
+		}
+	}
+	m.State = state
+	n.members[node.Name] = &memberInfo{Member: m, since: now}
+	switch {
+	case state == StateAlive && !wasAlive:
+		n.alive.Add(1)
+	case state != StateAlive && wasAlive:
+		n.alive.Add(-1)
+	}
+	if state == StateAlive {
+		n.tab.memberUp(node.Name)
+	} else {
+		n.tab.memberDown(node.Name, now)
+	}
+	n.mu.Unlock()
+
+	if state != StateAlive {
+		n.coords.forget(node.Name)
+	}
+	if node.Name != n.cfg.Name && (prev == nil || prev.State != state) {
+		n.log.Info("gossip: member "+state, "member", node.Name, "region", m.Region, "addr", m.Addr)
+	}
+	n.signal()
+}
+
+// run is the node's timer loop: band flushes and the sweep of expired
+// records and members. It ends at Shutdown.
+func (n *Node) run() {
+	defer n.wg.Done()
+	sweep := time.NewTicker(min(max(n.cfg.DeadOwnerTTL/4, 10*time.Millisecond), time.Second))
+	defer sweep.Stop()
+	flush := time.NewTimer(time.Hour)
+	flush.Stop()
+	defer flush.Stop()
+	for {
+		select {
+		case <-n.quit:
+			return
+		case <-n.kick:
+			n.mu.Lock()
+			due := n.bandDue
+			n.mu.Unlock()
+			if !due.IsZero() {
+				flush.Reset(time.Until(due))
+			}
+		case <-flush.C:
+			n.flushBands()
+		case now := <-sweep.C:
+			n.sweep(now)
+		}
+	}
+}
+
+// flushBands publishes pending band-only changes.
+func (n *Node) flushBands() {
+	now := time.Now()
+	n.mu.Lock()
+	var pub []Record
+	if !n.bandDue.IsZero() {
+		pub = n.tab.flushBands(now)
+		n.lastBandFlush, n.bandDue = now, time.Time{}
+	}
+	n.mu.Unlock()
+	n.broadcast(pub, resultPublished)
+}
+
+// sweep drops expired records and members.
+func (n *Node) sweep(now time.Time) {
+	n.mu.Lock()
+	changed := n.tab.sweep(now)
+	for name, li := range n.leaving {
+		if now.Sub(li.seen) >= n.cfg.DeadOwnerTTL {
+			delete(n.leaving, name)
+		}
+	}
+	for name, mi := range n.members {
+		if (mi.State == StateLeft && now.Sub(mi.since) >= n.cfg.DeadOwnerTTL) ||
+			(mi.State == StateDead && now.Sub(mi.since) >= n.cfg.ReconnectTimeout) {
+			delete(n.members, name)
+			changed = true
+		}
+	}
+	n.mu.Unlock()
+	if changed {
+		n.signal()
+	}
+}

@@ -1,0 +1,254 @@
+package gossip
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+// loopback returns the config of a node on 127.0.0.1 with a free port.
+func loopback(name, region string, join ...string) Config {
+	fp := sha256.Sum256([]byte(name))
+	return Config{
+		Name:            name,
+		Region:          region,
+		Bind:            "127.0.0.1:0",
+		Join:            join,
+		SecretKey:       testKey,
+		BackhaulAddr:    "127.0.0.1:4433/" + name,
+		CertFingerprint: hex.EncodeToString(fp[:]),
+		Tune:            quick,
+	}
+}
+
+// drain empties a Changes channel.
+func drain(ch <-chan struct{}) {
+	select {
+	case <-ch:
+	default:
+	}
+}
+
+// TestLoopbackFleet runs three nodes on real loopback UDP and TCP through
+// the life of a fleet: join and metadata, records reaching the others,
+// version order, tombstones, a graceful leave and a restart under the
+// same name.
+func TestLoopbackFleet(t *testing.T) {
+	a := start(t, loopback("edge-a", "iad"))
+	b := start(t, loopback("edge-b", "fra", a.Addr()))
+	c := start(t, loopback("edge-c", "fra", a.Addr()))
+	nodes := []*Node{a, b, c}
+	others := []*Node{b, c}
+	waitMembers(t, nodes, 10*time.Second)
+
+	// Metadata of every member is visible to every node.
+	for _, n := range nodes {
+		for _, want := range nodes {
+			m, ok := n.Member(want.Name())
+			wantCfg := want.cfg
+			if !ok || m.Region != wantCfg.Region || m.BackhaulAddr != wantCfg.BackhaulAddr ||
+				m.Fingerprint != wantCfg.CertFingerprint || m.Addr != want.Addr() || m.State != StateAlive {
+				t.Fatalf("%s: Member(%s) = %+v, %v; want region %s, backhaul %s, fingerprint %s, addr %s, alive",
+					n.Name(), want.Name(), m, ok, wantCfg.Region, wantCfg.BackhaulAddr, wantCfg.CertFingerprint, want.Addr())
+			}
+		}
+		if got := len(n.Members()); got != 3 {
+			t.Fatalf("%s: %d members, want 3", n.Name(), got)
+		}
+	}
+
+	// SetLocal on one node reaches the others.
+	a.SetLocal([]Record{machine("m1"), machine("m2")})
+	for _, n := range others {
+		eventually(t, 5*time.Second, n.Name()+" gets edge-a's machines", func() error {
+			for _, id := range []string{"m1", "m2"} {
+				r, ok := remoteRecord(n, "edge-a", id)
+				want := machine(id)
+				if !ok || !r.Reachable || r.Region != "iad" || r.App != want.App || r.Addr != want.Addr ||
+					r.State != want.State || !r.Healthy || r.Soft != 20 || r.Hard != 25 || r.Version == 0 || r.Updated.IsZero() {
+					return fmt.Errorf("%s = %+v, %v", id, r, ok)
+				}
+			}
+			return nil
+		})
+	}
+
+	// A newer version replaces the record.
+	m1 := machine("m1")
+	m1.State = "stopped"
+	a.SetLocal([]Record{m1, machine("m2")})
+	for _, n := range others {
+		eventually(t, 5*time.Second, n.Name()+" gets m1 stopped", func() error {
+			if r, _ := remoteRecord(n, "edge-a", "m1"); r.State != "stopped" {
+				return fmt.Errorf("m1 is %+v", r)
+			}
+			return nil
+		})
+	}
+
+	// An older version arriving late, gossiped or by anti-entropy, does
+	// not.
+	cur, _ := remoteRecord(b, "edge-a", "m1")
+	old := cur
+	old.Version, old.State = cur.Version-1, "started"
+	(&delegate{b}).NotifyMsg(encodeRecords(kindUpdate, []Record{old}))
+	(&delegate{b}).MergeRemoteState(encodeRecords(kindState, []Record{old}), false)
+	if r, _ := remoteRecord(b, "edge-a", "m1"); r.Version != cur.Version || r.State != "stopped" {
+		t.Fatalf("after an older version arrived: m1 = %+v, want version %d stopped", r, cur.Version)
+	}
+
+	// A removed machine's tombstone removes it everywhere.
+	a.SetLocal([]Record{m1})
+	for _, n := range others {
+		eventually(t, 5*time.Second, n.Name()+" drops m2", func() error {
+			if r, ok := remoteRecord(n, "edge-a", "m2"); ok {
+				return fmt.Errorf("m2 still there: %+v", r)
+			}
+			return nil
+		})
+	}
+
+	// A graceful leave makes the records unreachable at once.
+	for _, n := range others {
+		drain(n.Changes())
+	}
+	left := time.Now()
+	if err := a.Leave(2 * time.Second); err != nil {
+		t.Fatalf("Leave: %v", err)
+	}
+	for _, n := range others {
+		eventually(t, 2*time.Second, n.Name()+" marks edge-a's records unreachable", func() error {
+			r, ok := remoteRecord(n, "edge-a", "m1")
+			m, _ := n.Member("edge-a")
+			if !ok || r.Reachable || m.State != StateLeft {
+				return fmt.Errorf("m1 = %+v, %v; member %+v", r, ok, m)
+			}
+			return nil
+		})
+		select {
+		case <-n.Changes():
+		default:
+			t.Errorf("%s: no Changes signal after edge-a left", n.Name())
+		}
+	}
+	t.Logf("leave seen by both peers after %v", time.Since(left).Round(time.Millisecond))
+	if err := a.Shutdown(); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+
+	// Restarted under the same name (on another port), the node rejoins
+	// and its records come back.
+	a2 := start(t, loopback("edge-a", "iad", b.Addr()))
+	waitMembers(t, []*Node{a2, b, c}, 10*time.Second)
+	for _, n := range others {
+		eventually(t, 5*time.Second, n.Name()+" sees edge-a's records reachable again", func() error {
+			if r, ok := remoteRecord(n, "edge-a", "m1"); !ok || !r.Reachable {
+				return fmt.Errorf("m1 = %+v, %v", r, ok)
+			}
+			return nil
+		})
+	}
+	// Its first SetLocal replaces what its previous run published.
+	a2.SetLocal([]Record{machine("m3")})
+	for _, n := range others {
+		eventually(t, 5*time.Second, n.Name()+" sees the restarted node's set", func() error {
+			if r, ok := remoteRecord(n, "edge-a", "m1"); ok {
+				return fmt.Errorf("m1 of the previous run still there: %+v", r)
+			}
+			if r, ok := remoteRecord(n, "edge-a", "m3"); !ok || !r.Reachable {
+				return fmt.Errorf("m3 = %+v, %v", r, ok)
+			}
+			return nil
+		})
+	}
+}
+
+// TestJoinBeforePeerStarts starts a node whose only peer is not up yet:
+// Start returns at once and the node joins when the peer comes.
+func TestJoinBeforePeerStarts(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerAddr := l.Addr().String()
+	l.Close()
+
+	var attempts atomic.Int32
+	cfg := loopback("edge-b", "fra", peerAddr)
+	cfg.hooks = &hooks{joinAttempt: func(error) { attempts.Add(1) }}
+	began := time.Now()
+	b := start(t, cfg)
+	if d := time.Since(began); d > time.Second {
+		t.Fatalf("Start took %v with its peer down; it must not wait for the join", d)
+	}
+	eventually(t, 5*time.Second, "a failed join attempt", func() error {
+		if attempts.Load() == 0 {
+			return errors.New("no attempt yet")
+		}
+		return nil
+	})
+
+	acfg := loopback("edge-a", "iad")
+	acfg.Bind = peerAddr
+	a := start(t, acfg)
+	waitMembers(t, []*Node{a, b}, 10*time.Second)
+}
+
+// TestEncryption checks that only nodes with the fleet's key join it, and
+// that a node without a key warns.
+func TestEncryption(t *testing.T) {
+	a := start(t, loopback("edge-a", "iad"))
+	b := start(t, loopback("edge-b", "iad", a.Addr()))
+	waitMembers(t, []*Node{a, b}, 10*time.Second)
+
+	var failures atomic.Int32
+	hook := &hooks{joinAttempt: func(err error) {
+		if err != nil {
+			failures.Add(1)
+		}
+	}}
+	other := loopback("edge-x", "iad", a.Addr())
+	other.SecretKey = []byte("another key of 32 bytes, really")[:16]
+	other.hooks = hook
+	x := start(t, other)
+
+	var logs syncBuffer
+	plain := loopback("edge-p", "iad", a.Addr())
+	plain.SecretKey = nil
+	plain.Log = slogTo(&logs)
+	plainHooks := &hooks{joinAttempt: func(err error) {
+		if err != nil {
+			failures.Add(1)
+		}
+	}}
+	plain.hooks = plainHooks
+	p := start(t, plain)
+
+	eventually(t, 10*time.Second, "repeated failed joins of the nodes without the key", func() error {
+		if f := failures.Load(); f < 4 {
+			return fmt.Errorf("%d failed attempts", f)
+		}
+		return nil
+	})
+	for _, n := range []*Node{a, b} {
+		if got := aliveCount(n); got != 2 {
+			t.Errorf("%s: %d alive members, want 2 (no stranger admitted): %+v", n.Name(), got, n.Members())
+		}
+	}
+	for _, n := range []*Node{x, p} {
+		if got := len(n.Members()); got != 1 {
+			t.Errorf("%s: %d members, want only itself: %+v", n.Name(), got, n.Members())
+		}
+	}
+	if s := logs.String(); !strings.Contains(s, "level=WARN") || !strings.Contains(s, "NOT encrypted") {
+		t.Errorf("unencrypted node's log has no warning:\n%s", s)
+	}
+}
