@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/godwit/godwit/replay"
@@ -52,9 +53,10 @@ const ownerHold = 5 * time.Second
 // encodeBackhaul writes what the owner needs to forward the request as
 // this edge would: the machine, and the headers this edge adds (client IP,
 // its region, the request id, replay headers...).
-func encodeBackhaul(machine string, fi *forwardInfo) string {
+func encodeBackhaul(machine string, contentLength int64, fi *forwardInfo) string {
 	v := url.Values{}
 	v.Set("machine", machine)
+	v.Set("length", strconv.FormatInt(contentLength, 10))
 	set := func(k, val string) {
 		if val != "" {
 			v.Set(k, val)
@@ -77,15 +79,20 @@ func encodeBackhaul(machine string, fi *forwardInfo) string {
 	return v.Encode()
 }
 
-// decodeBackhaul reads encodeBackhaul's value.
-func decodeBackhaul(s string) (machine string, fi forwardInfo, err error) {
+// decodeBackhaul reads encodeBackhaul's value. length is the request
+// body's length as the client framed it (-1: unknown, chunked), which the
+// backhaul's own framing does not carry.
+func decodeBackhaul(s string) (machine string, length int64, fi forwardInfo, err error) {
 	v, err := url.ParseQuery(s)
 	if err != nil {
-		return "", fi, fmt.Errorf("bad %s header: %w", hdrBackhaul, err)
+		return "", 0, fi, fmt.Errorf("bad %s header: %w", hdrBackhaul, err)
 	}
 	machine = v.Get("machine")
 	if machine == "" {
-		return "", fi, fmt.Errorf("bad %s header: no machine", hdrBackhaul)
+		return "", 0, fi, fmt.Errorf("bad %s header: no machine", hdrBackhaul)
+	}
+	if length, err = strconv.ParseInt(v.Get("length"), 10, 64); err != nil || length < -1 {
+		return "", 0, fi, fmt.Errorf("bad %s header: body length %q", hdrBackhaul, v.Get("length"))
 	}
 	fi = forwardInfo{
 		clientIP: v.Get("client_ip"), region: v.Get("region"), requestID: v.Get("request_id"),
@@ -94,7 +101,7 @@ func decodeBackhaul(s string) (machine string, fi forwardInfo, err error) {
 		replayCacheStatus: v.Get("cache_status"), preferredUnavailable: v.Get("preferred_unavailable"),
 		chunked: v.Get("chunked") == "1",
 	}
-	return machine, fi, nil
+	return machine, length, fi, nil
 }
 
 // BackhaulHandler serves requests other edges send for this node's
@@ -110,11 +117,17 @@ func (h *Handler) BackhaulHandler() http.Handler {
 func (h *Handler) serveBackhaul(w http.ResponseWriter, r *http.Request) {
 	x := exchange{start: time.Now(), owner: true}
 	defer h.finish(r, &x)
-	id, fi, err := decodeBackhaul(r.Header.Get(hdrBackhaul))
+	id, length, fi, err := decodeBackhaul(r.Header.Get(hdrBackhaul))
 	if err != nil {
 		x.status = http.StatusBadRequest
 		http.Error(w, err.Error(), x.status)
 		return
+	}
+	// The body is framed as the client framed it: none, a length, or
+	// chunked (HTTP/3 itself reports an unknown length for all three).
+	r.ContentLength = length
+	if length == 0 {
+		r.Body = http.NoBody
 	}
 	x.requestID = fi.requestID
 	m := h.table.Machine(id)
@@ -262,7 +275,11 @@ func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwa
 		}
 		req.Header[k] = vv
 	}
-	req.Header.Set(hdrBackhaul, encodeBackhaul(m.ID, fi))
+	length := int64(0)
+	if hasBody(r) {
+		length = r.ContentLength
+	}
+	req.Header.Set(hdrBackhaul, encodeBackhaul(m.ID, length, fi))
 	req.Header.Set("Godwit-Host", r.Host)
 	if hasBody(r) {
 		req.Body = r.Body

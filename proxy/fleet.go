@@ -37,6 +37,7 @@ type fleet struct {
 	table  *routing.Table
 	region string
 	log    *slog.Logger
+	sim    map[string]time.Duration // backhaul.simulated_rtt
 
 	leaveOnce sync.Once
 
@@ -92,6 +93,7 @@ func newFleet(cfg *config.Config, table *routing.Table, h *Handler, log *slog.Lo
 	}
 	if len(cfg.Backhaul.SimulatedRTT) > 0 {
 		sim := cfg.Backhaul.SimulatedRTT
+		f.sim = sim
 		opts.Delay = func(peerAddr string) time.Duration {
 			f.mu.Lock()
 			r := f.addrs[peerAddr]
@@ -208,7 +210,7 @@ func (c *rttCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.f.node == nil {
 		return
 	}
-	for r, d := range c.f.node.RegionRTTs() {
+	for r, d := range c.f.regionRTTs() {
 		ch <- prometheus.MustNewConstMetric(descRegionRTT, prometheus.GaugeValue, d.Seconds(), r)
 	}
 }
@@ -236,7 +238,7 @@ func (f *fleet) run(ctx context.Context) error {
 			f.sync()
 		case <-tick.C:
 			f.node.SetLocal(localRecords(f.table))
-			f.table.SetRegionRTTs(f.node.RegionRTTs())
+			f.table.SetRegionRTTs(f.regionRTTs())
 		}
 	}
 }
@@ -269,7 +271,20 @@ func (f *fleet) sync() {
 	f.pins, f.addrs = pins, addrs
 	f.mu.Unlock()
 	f.table.SetRemote(remoteMachines(f.node.Remote()))
-	f.table.SetRegionRTTs(f.node.RegionRTTs())
+	f.table.SetRegionRTTs(f.regionRTTs())
+}
+
+// regionRTTs are gossip's measured RTTs per region, plus the simulated RTT
+// of backhaul.simulated_rtt where one is set: a simulated fleet on one
+// machine then orders regions as the real one would.
+func (f *fleet) regionRTTs() map[string]time.Duration {
+	rtts := f.node.RegionRTTs()
+	for r := range rtts {
+		if d, ok := f.sim[config.RegionPair(f.region, r)]; ok && r != f.region {
+			rtts[r] += d
+		}
+	}
+	return rtts
 }
 
 func (f *fleet) close() {

@@ -104,6 +104,15 @@ func TestFleetRouting(t *testing.T) {
 		if !strings.HasSuffix(id, "-iad") || r.header.Get("X-Machine") != "m-nrt" {
 			t.Errorf("response: Fly-Request-Id %q, X-Machine %q; want the accepting edge's id and the machine's header", id, r.header.Get("X-Machine"))
 		}
+		// Bodies framed every way: none, and chunked (unknown length).
+		if r := a.get(t, c, webHost, "/"); r.status != 200 || !strings.HasPrefix(r.body, "GET 0 ") {
+			t.Errorf("GET through the owner: got %d %q", r.status, r.body)
+		}
+		chunked := newRequest(t, http.MethodPost, a.url("/c"), webHost, io.MultiReader(strings.NewReader("chunk one "), strings.NewReader("chunk two")))
+		chunked.ContentLength = -1
+		if r := do(c, chunked); r.status != 200 || !strings.HasPrefix(r.body, "POST 19 ") {
+			t.Errorf("chunked POST through the owner: got %d %q", r.status, r.body)
+		}
 	})
 
 	t.Run("replay across the fleet", func(t *testing.T) {
@@ -214,4 +223,33 @@ func TestFleetConvergence(t *testing.T) {
 	eventually(t, 20*time.Second, "every edge sees every machine healthy", converged("iad:true/true cdg:true/true nrt:true/true syd:true/true gru:true/true "))
 	machines[2].healthy.Store(false) // m-nrt starts failing its checks
 	eventually(t, 20*time.Second, "every edge sees m-nrt failing", converged("iad:true/true cdg:true/true nrt:false/true syd:true/true gru:true/true "))
+}
+
+// TestFleetSimulatedRTT: backhaul.simulated_rtt makes one machine behave
+// like a fleet spread over the world: it orders regions (here against the
+// map: nrt nearer to iad than cdg) and delays the backhaul.
+func TestFleetSimulatedRTT(t *testing.T) {
+	cdg := startMachine(t, "m-cdg", nil, nil)
+	nrt := startMachine(t, "m-nrt", nil, nil)
+	b := startEdge(t, "edge-cdg", "cdg", "", ownedMachine("m-cdg", "cdg", cdg.addr))
+	startEdge(t, "edge-nrt", "nrt", b.srv.GossipAddr(), ownedMachine("m-nrt", "nrt", nrt.addr))
+	a := startEdge(t, "edge-iad", "iad", b.srv.GossipAddr(), `
+[backhaul.simulated_rtt]
+"iad-cdg" = "60ms"
+"iad-nrt" = "20ms"
+`)
+	routable(t, a, "m-cdg")
+	routable(t, a, "m-nrt")
+	eventually(t, 20*time.Second, "edge-iad ordering nrt before cdg by (simulated) RTT", func() bool {
+		app := a.srv.Table().App("web")
+		return app != nil && len(app.Regions()) == 2 && app.Regions()[0] == "nrt"
+	})
+	start := time.Now()
+	r := a.get(t, newClient(t), webHost, "/")
+	if r.status != 200 || r.body != "m-nrt" {
+		t.Fatalf("got %d %q, want 200 from m-nrt, the nearest by simulated RTT", r.status, r.body)
+	}
+	if d := time.Since(start); d < 20*time.Millisecond {
+		t.Errorf("request through the backhaul to nrt took %v, want at least the simulated 20ms", d)
+	}
 }
