@@ -142,6 +142,14 @@ func TestFleetRouting(t *testing.T) {
 			t.Errorf("request after the owner left took %v, want a prompt error", d)
 		}
 	})
+
+	t.Run("owner restarts", func(t *testing.T) {
+		startEdge(t, "edge-nrt", "nrt", a.srv.GossipAddr(), ownedMachine("m-nrt", "nrt", nrt.addr))
+		routable(t, a, "m-nrt")
+		if r := a.get(t, c, webHost, "/"); r.status != 200 || !strings.HasPrefix(r.body, "GET 0 ") {
+			t.Errorf("after edge-nrt rejoined: got %d %q, want its machine's answer", r.status, r.body)
+		}
+	})
 }
 
 // TestFleetOwnerRefuses: an owner enforces its machine's hard limit exactly
