@@ -109,7 +109,7 @@ func decodeRecords(buf []byte, wantKind byte) ([]Record, error) {
 	if d.err == nil && n > uint64(len(d.buf)/(minRecordBytes+1)) {
 		return nil, fmt.Errorf("claims %d records in %d bytes", n, len(d.buf))
 	}
-	recs := make([]Record, 0, n)
+	recs := make([]Record, 0, min(n, 1024)) // grows with what actually decodes
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		size := d.uvarint()
 		if d.err == nil && size > uint64(len(d.buf)) {

@@ -52,10 +52,11 @@ const (
 )
 
 // Limits on the strings a node publishes in its metadata, so that it fits
-// memberlist's 512 bytes.
+// memberlist's 512 bytes, and on its name.
 const (
 	maxRegionBytes = 64
 	maxAddrBytes   = 255
+	maxNameBytes   = 255 // the Owner of every record
 )
 
 // Config of a node. Name and Region are required, and Bind unless
@@ -160,6 +161,8 @@ func (c *Config) check() error {
 	var errs []error
 	if c.Name == "" {
 		errs = append(errs, errors.New("Name is required: set it to the node's name, unique in the fleet"))
+	} else if len(c.Name) > maxNameBytes {
+		errs = append(errs, fmt.Errorf("Name is %d bytes, at most %d", len(c.Name), maxNameBytes))
 	}
 	if c.Region == "" {
 		errs = append(errs, errors.New("Region is required"))

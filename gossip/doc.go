@@ -68,7 +68,7 @@
 //
 //	godwit_gossip_members{state}                  gauge, read at scrape time: alive, dead, left
 //	godwit_gossip_state_propagation_seconds       histogram (native and classic buckets): age of each newer remote record version on arrival, by the owner's clock
-//	godwit_gossip_messages_total{kind,result}     counter: kind update or state; result published, relayed, applied, stale, malformed
+//	godwit_gossip_messages_total{kind,result}     counter: kind update, state or leave; result published, relayed (sent), applied, stale, malformed (received)
 //
 // # Logs
 //

@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"bytes"
+	"cmp"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -147,13 +148,34 @@ func memCluster(t testing.TB, n int, p *partition, mod func(i int, c *Config)) (
 func waitMembers(t testing.TB, nodes []*Node, timeout time.Duration) {
 	t.Helper()
 	eventually(t, timeout, "every node sees every node alive", func() error {
+		short := 0
+		var first error
 		for _, n := range nodes {
 			if a := aliveCount(n); a != len(nodes) {
-				return fmt.Errorf("%s sees %d alive members, want %d", n.Name(), a, len(nodes))
+				short++
+				if first == nil {
+					first = fmt.Errorf("%s sees %d alive members, want %d (missing: %s)", n.Name(), a, len(nodes), missing(n, nodes))
+				}
 			}
+		}
+		if first != nil {
+			return fmt.Errorf("%d nodes short; %w", short, first)
 		}
 		return nil
 	})
+}
+
+// missing describes the nodes n does not see alive: how n sees them, and
+// how they see themselves.
+func missing(n *Node, nodes []*Node) string {
+	var out []string
+	for _, o := range nodes {
+		if m, ok := n.Member(o.Name()); !ok || m.State != StateAlive {
+			self, _ := o.Member(o.Name())
+			out = append(out, fmt.Sprintf("%s (%s here; %s itself, sees %d)", o.Name(), cmp.Or(m.State, "unknown"), self.State, aliveCount(o)))
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // aliveCount is the number of members n sees alive, itself included.

@@ -18,7 +18,7 @@ const (
 	joinWarnEvery = time.Minute
 )
 
-// joinLoop joins cfg.Join, retrying with backoff until a peer answers;
+// joinLoop joins cfg.Join, retrying with backoff until one answers;
 // then, every ReconnectInterval, it tries one member believed dead (so the
 // sides of a healed partition find each other again: memberlist stops
 // probing dead members) and, when no peer is alive at all, the Join list
@@ -51,18 +51,19 @@ func (n *Node) joinPeers() []string {
 	return out
 }
 
-// joinWithBackoff tries peers until this node has a live peer (joined, or
-// was joined by someone else meanwhile) or the node stops.
+// joinWithBackoff tries peers until one of them answers, or the node
+// stops. Having a live peer is not enough: nodes that joined this one
+// while its peers were down would otherwise form an island of their own.
 func (n *Node) joinWithBackoff(peers []string) {
 	backoff := joinBackoffMin
 	start := time.Now()
 	var lastWarn time.Time
 	for attempt := 1; ; attempt++ {
-		if n.hasPeers() || n.left.Load() {
+		if n.left.Load() {
 			return
 		}
-		err := n.join(peers)
-		if n.hasPeers() {
+		answered, err := n.join(peers)
+		if answered > 0 && n.hasPeers() {
 			n.log.Info("gossip: joined the fleet", "attempts", attempt, "members", n.alive.Load())
 			return
 		}
@@ -71,7 +72,8 @@ func (n *Node) joinWithBackoff(peers []string) {
 			n.log.Info("gossip: no peer answered yet; retrying in the background", "peers", peers, "err", err)
 		case time.Since(start) >= joinWarnEvery && time.Since(lastWarn) >= joinWarnEvery:
 			lastWarn = time.Now()
-			n.log.Warn("gossip: still no peer answers; this node is alone", "peers", peers, "for", time.Since(start).Round(time.Second), "err", err)
+			n.log.Warn("gossip: still none of the configured peers answers", "peers", peers,
+				"for", time.Since(start).Round(time.Second), "members", n.alive.Load(), "err", err)
 		default:
 			n.log.Debug("gossip: join failed", "peers", peers, "err", err)
 		}
@@ -95,20 +97,21 @@ func (n *Node) reconnect(peers []string) {
 	n.mu.Unlock()
 	if len(dead) > 0 {
 		addr := dead[rand.IntN(len(dead))]
-		if err := n.join([]string{addr}); err != nil {
+		if _, err := n.join([]string{addr}); err != nil {
 			n.log.Debug("gossip: reconnect to a dead member failed", "addr", addr, "err", err)
 		}
 	}
 	if !n.hasPeers() && len(peers) > 0 {
-		if err := n.join(peers); err != nil {
+		if _, err := n.join(peers); err != nil {
 			n.log.Debug("gossip: rejoin failed", "peers", peers, "err", err)
 		}
 	}
 }
 
-// join runs one memberlist join (a push/pull with each address).
-func (n *Node) join(addrs []string) error {
-	_, err := n.ml.Join(addrs)
+// join runs one memberlist join (a push/pull with each address); it
+// returns how many addresses answered.
+func (n *Node) join(addrs []string) (int, error) {
+	answered, err := n.ml.Join(addrs)
 	if err != nil {
 		// memberlist's multierror spans lines; keep log lines whole.
 		msg := err.Error()
@@ -121,7 +124,7 @@ func (n *Node) join(addrs []string) error {
 	if h := n.cfg.hooks; h != nil && h.joinAttempt != nil {
 		h.joinAttempt(err)
 	}
-	return err
+	return answered, err
 }
 
 // hasPeers reports whether another member is alive.

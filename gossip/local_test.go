@@ -2,6 +2,8 @@ package gossip
 
 import (
 	"fmt"
+	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,5 +107,40 @@ func TestSetLocalDiff(t *testing.T) {
 	pub, _ = tab.setLocal([]Record{a, b}, now)
 	if len(pub) != 1 || pub[0].ID != "b" || pub[0].Deleted || pub[0].Version <= tab.own["a"].rec.Version {
 		t.Fatalf("re-add b: %+v", pub)
+	}
+}
+
+func TestCheckRecord(t *testing.T) {
+	long := strings.Repeat("x", maxStringBytes+1)
+	cases := []struct {
+		name string
+		mod  func(*Record)
+		want string // "" for valid
+	}{
+		{"valid", func(*Record) {}, ""},
+		{"no id", func(r *Record) { r.ID = "" }, "no ID"},
+		{"long addr", func(r *Record) { r.Addr = long }, "1025 bytes"},
+		{"long state", func(r *Record) { r.State = long }, "1025 bytes"},
+		{"huge limit", func(r *Record) { r.Hard = math.MaxInt32 + 1 }, "32 bits"},
+	}
+	for _, c := range cases {
+		r := machine("m")
+		c.mod(&r)
+		err := checkRecord(r)
+		if (err == nil) != (c.want == "") || (err != nil && !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: checkRecord = %v, want %q", c.name, err, c.want)
+		}
+	}
+	// What SetLocal refuses never reaches the table.
+	n, _ := single(t, "edge-a", "iad")
+	bad := machine("bad")
+	bad.Addr = long
+	n.SetLocal([]Record{machine("ok"), bad})
+	n.mu.Lock()
+	_, hasBad := n.tab.own["bad"]
+	_, hasOK := n.tab.own["ok"]
+	n.mu.Unlock()
+	if hasBad || !hasOK {
+		t.Errorf("after SetLocal with an invalid record: own has bad %v, ok %v; want false, true", hasBad, hasOK)
 	}
 }

@@ -174,12 +174,7 @@ func TestLoopbackFleet(t *testing.T) {
 // TestJoinBeforePeerStarts starts a node whose only peer is not up yet:
 // Start returns at once and the node joins when the peer comes.
 func TestJoinBeforePeerStarts(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peerAddr := l.Addr().String()
-	l.Close()
+	peerAddr := freeAddr(t)
 
 	var attempts atomic.Int32
 	cfg := loopback("edge-b", "fra", peerAddr)
@@ -200,6 +195,32 @@ func TestJoinBeforePeerStarts(t *testing.T) {
 	acfg.Bind = peerAddr
 	a := start(t, acfg)
 	waitMembers(t, []*Node{a, b}, 10*time.Second)
+}
+
+// TestJoinNoIsland: a node keeps trying its configured peer even after
+// another node joined it meanwhile; otherwise the two would stay an island
+// apart from the fleet they were configured for.
+func TestJoinNoIsland(t *testing.T) {
+	seedAddr := freeAddr(t)
+	a := start(t, loopback("edge-a", "iad", seedAddr)) // its only peer is down
+	b := start(t, loopback("edge-b", "iad", a.Addr()))
+	waitMembers(t, []*Node{a, b}, 10*time.Second)
+
+	cfg := loopback("edge-seed", "iad") // joins no one: the others must come to it
+	cfg.Bind = seedAddr
+	seed := start(t, cfg)
+	waitMembers(t, []*Node{a, b, seed}, 10*time.Second)
+}
+
+// freeAddr returns a loopback address with a port that was free a moment
+// ago (for a node that starts after its peers).
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // TestEncryption checks that only nodes with the fleet's key join it, and
