@@ -1,0 +1,8 @@
+//go:build !linux
+
+package main
+
+import "os/exec"
+
+// setPdeathsig: only Linux has it; the bench's own clean-up still runs.
+func setPdeathsig(*exec.Cmd) {}
