@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"sync"
 	"fmt"
 	"io"
 	"net/http"
@@ -196,6 +197,7 @@ func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exch
 		switch {
 		case err == nil && resp.Header.Get(hdrRefused) == "":
 			h.table.MarkOwnerUp(m.Owner)
+			x.backhaulReq = req // a fly-replay answer detaches its body before the replay
 			return resp, stepResponse
 		case err == nil:
 			reason = resp.Header.Get(hdrRefused)
@@ -220,6 +222,7 @@ func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exch
 		x.machine = nil
 		tried = append(tried, m)
 		if body != nil {
+			detachBody(req)
 			if err := body.Rewind(); err != nil {
 				h.fail(w, x, CodeOwnerRefused, fmt.Sprintf("the machine's edge refused the request (%s) and its body is over the %d-byte buffer kept for a resend", reason, h.cfg.ReplayBodyLimit), err)
 				return nil, stepAnswered
@@ -282,7 +285,7 @@ func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwa
 	req.Header.Set(hdrBackhaul, encodeBackhaul(m.ID, length, fi))
 	req.Header.Set("Godwit-Host", r.Host)
 	if hasBody(r) {
-		req.Body = r.Body
+		req.Body = &attemptBody{r: r.Body}
 		req.ContentLength = r.ContentLength
 		if r.ContentLength < 0 {
 			req.ContentLength = -1
@@ -290,4 +293,39 @@ func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwa
 	}
 	req.Header.Del("Content-Length")
 	return req, nil
+}
+
+// attemptBody is one backhaul attempt's request body. HTTP/2 and HTTP/3
+// send bodies from their own goroutine, which may still read after
+// RoundTrip returned; detachBody waits for a Read in progress and fails
+// later ones, so the client's body has one reader when it is rewound for
+// the next attempt. Close leaves the client's body open.
+type attemptBody struct {
+	mu sync.Mutex
+	r  io.Reader // nil once detached
+}
+
+var errAttemptOver = errors.New("backhaul attempt over: the request body goes to another machine")
+
+func (b *attemptBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.r == nil {
+		return 0, errAttemptOver
+	}
+	return b.r.Read(p)
+}
+
+func (b *attemptBody) Close() error { return nil }
+
+// detachBody ends the transport's access to req's body (an attemptBody).
+func detachBody(req *http.Request) {
+	if req == nil {
+		return
+	}
+	if b, ok := req.Body.(*attemptBody); ok {
+		b.mu.Lock()
+		b.r = nil
+		b.mu.Unlock()
+	}
 }

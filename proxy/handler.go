@@ -75,15 +75,18 @@ type exchange struct {
 	// owner is set on a request that came over the backhaul for one of
 	// this node's machines: the accepting edge picked the machine and runs
 	// any replay, so this node forwards it and returns the answer raw.
-	owner     bool
-	app       *routing.App
-	machine   *routing.Machine
-	status    int
-	code      Code
-	bytesOut  int64
-	queued    time.Duration
-	err       error
-	tunnelled bool // counted by Handler.tunnels until finished
+	owner bool
+	// backhaulReq is the last request sent to another edge that was
+	// answered: its body may still be in its transport's hands.
+	backhaulReq *http.Request
+	app         *routing.App
+	machine     *routing.Machine
+	status      int
+	code        Code
+	bytesOut    int64
+	queued      time.Duration
+	err         error
+	tunnelled   bool // counted by Handler.tunnels until finished
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo) {

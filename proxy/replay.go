@@ -183,6 +183,8 @@ func (h *Handler) nextHop(w http.ResponseWriter, r *http.Request, x *exchange, f
 		return nil
 	}
 	if body != nil {
+		detachBody(x.backhaulReq)
+		x.backhaulReq = nil
 		if err := body.Rewind(); err != nil {
 			h.replayFailure(w, x, CodeReplayTooLarge, fmt.Sprintf("the request body is over the %d-byte replay limit (proxy.replay_body_limit)", h.cfg.ReplayBodyLimit), err)
 			return nil
