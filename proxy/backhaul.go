@@ -2,12 +2,12 @@ package proxy
 
 import (
 	"errors"
-	"sync"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/godwit/godwit/replay"
