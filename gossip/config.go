@@ -59,6 +59,11 @@ const (
 	maxNameBytes   = 255 // the Owner of every record
 )
 
+// deadNodeReclaimTime is how long after a member is declared dead its name
+// may be taken by a node at another address (a restart on a new port); see
+// memberlistConfig.
+const deadNodeReclaimTime = time.Second
+
 // Config of a node. Name and Region are required, and Bind unless
 // Transport is set; zero values of the other fields mean their defaults.
 type Config struct {
@@ -242,6 +247,16 @@ func (c *Config) memberlistConfig(d *delegate) *memberlist.Config {
 	mc.EnableCompression = false
 	mc.GossipInterval = c.GossipInterval
 	mc.GossipNodes = c.GossipNodes
+	// A node name is this fleet's identity (the Owner of its records), and
+	// an edge killed and restarted often comes back on a new port.
+	// memberlist keeps a dead node's address until it reaps the entry
+	// (GossipToTheDeadTime, 30s) and by default (0) never lets a name
+	// change address before that, so the restarted edge would be refused
+	// for half a minute. Once the old address is declared dead, the name
+	// may move after this grace. That lets nobody new in: only a holder of
+	// the gossip key can claim a name, and peers pin the backhaul
+	// certificate fingerprint from the claimant's own metadata.
+	mc.DeadNodeReclaimTime = deadNodeReclaimTime
 	if len(c.SecretKey) > 0 {
 		mc.SecretKey = append([]byte(nil), c.SecretKey...)
 	}

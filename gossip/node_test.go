@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
@@ -169,6 +171,72 @@ func TestLoopbackFleet(t *testing.T) {
 			return nil
 		})
 	}
+}
+
+// TestRestartNewAddress: a node killed (no leave) and restarted under the
+// same name on another port is taken back by its peers at the new address
+// soon after they declared the old one dead, with its records.
+func TestRestartNewAddress(t *testing.T) {
+	cfg := func(name, region string, join ...string) Config {
+		c := loopback(name, region, join...)
+		c.Tune = func(mc *memberlist.Config) {
+			quick(mc)
+			// memberlist's default: the dead entry stays for the whole
+			// test, as in production, instead of being reaped after
+			// quick's 2s (which frees the name whatever the reclaim time).
+			mc.GossipToTheDeadTime = 30 * time.Second
+		}
+		return c
+	}
+	a := start(t, cfg("edge-a", "iad"))
+	b := start(t, cfg("edge-b", "fra", a.Addr()))
+	c := start(t, cfg("edge-c", "fra", a.Addr()))
+	others := []*Node{b, c}
+	waitMembers(t, []*Node{a, b, c}, 10*time.Second)
+	a.SetLocal([]Record{machine("m1")})
+	for _, n := range others {
+		eventually(t, 5*time.Second, n.Name()+" gets edge-a's m1", func() error {
+			if r, ok := remoteRecord(n, "edge-a", "m1"); !ok || !r.Reachable {
+				return fmt.Errorf("m1 = %+v, %v", r, ok)
+			}
+			return nil
+		})
+	}
+
+	oldAddr := a.Addr()
+	if err := a.Shutdown(); err != nil { // a kill: no Leave
+		t.Fatalf("Shutdown: %v", err)
+	}
+	for _, n := range others {
+		eventually(t, 15*time.Second, n.Name()+" declares edge-a dead", func() error {
+			if m, _ := n.Member("edge-a"); m.State != StateDead {
+				return fmt.Errorf("edge-a is %+v, want %s", m, StateDead)
+			}
+			return nil
+		})
+	}
+
+	a2 := start(t, cfg("edge-a", "iad", b.Addr(), c.Addr()))
+	if a2.Addr() == oldAddr {
+		t.Fatalf("restarted node got its old address %s back; the test needs another port", oldAddr)
+	}
+	a2.SetLocal([]Record{machine("m2")})
+	restarted := time.Now()
+	for _, n := range others {
+		eventually(t, 10*time.Second, n.Name()+" takes edge-a back at its new address", func() error {
+			if m, _ := n.Member("edge-a"); m.State != StateAlive || m.Addr != a2.Addr() {
+				return fmt.Errorf("edge-a is %s at %s, want %s at %s (old %s)", m.State, m.Addr, StateAlive, a2.Addr(), oldAddr)
+			}
+			if r, ok := remoteRecord(n, "edge-a", "m2"); !ok || !r.Reachable {
+				return fmt.Errorf("m2 = %+v, %v; want it reachable", r, ok)
+			}
+			if r, ok := remoteRecord(n, "edge-a", "m1"); ok {
+				return fmt.Errorf("m1 of the previous run still there: %+v", r)
+			}
+			return nil
+		})
+	}
+	t.Logf("restarted node taken back by both peers %v after it started", time.Since(restarted).Round(time.Millisecond))
 }
 
 // TestJoinBeforePeerStarts starts a node whose only peer is not up yet:

@@ -23,8 +23,12 @@ import (
 )
 
 // publishEvery is how often this node's machine records are handed to
-// gossip. Gossip diffs them and sends only changes (load-band changes
-// coalesced), so this bounds how stale a change can be, not the traffic.
+// gossip regardless of change. Any other change of a machine (existence,
+// limits, health, started) is handed over at once, signalled by the
+// routing table; its load band is not signalled (it moves with every
+// request), so this bounds how stale a band can be. Gossip diffs the
+// records and sends only changes, load-band changes coalesced further
+// (gossip.Config.LoadInterval), so this costs no traffic.
 const publishEvery = 100 * time.Millisecond
 
 // fleet joins the node to the other edges: gossip tells it which machines
@@ -38,6 +42,9 @@ type fleet struct {
 	region string
 	log    *slog.Logger
 	sim    map[string]time.Duration // backhaul.simulated_rtt
+	// publishEvery is how often records are published whatever changed
+	// (the const of that name; tests lengthen it).
+	publishEvery time.Duration
 
 	leaveOnce sync.Once
 
@@ -47,7 +54,17 @@ type fleet struct {
 	mu    sync.Mutex
 	pins  map[string]bool   // fingerprints of alive members
 	addrs map[string]string // backhaul address → region, for the simulated RTT
+	// synced is closed (and replaced) when sync has set new pins.
+	synced chan struct{}
 }
+
+// pinWait is how long a backhaul handshake waits for the peer's certificate
+// to become an alive member's. An edge that has just joined learns every
+// machine at once (its join exchanges the full state) and may send
+// requests before news of it has reached the machines' owners, a gossip
+// round or two later; refused, it would hold those owners out of its
+// routing for ownerHold. It is below the backhaul's handshake timeout.
+const pinWait = time.Second
 
 // newFleet starts gossip and binds the backhaul, from config. It returns
 // nil, nil when gossip is off (a single node).
@@ -55,7 +72,8 @@ func newFleet(cfg *config.Config, table *routing.Table, h *Handler, log *slog.Lo
 	if cfg.Gossip.Bind == "" {
 		return nil, nil
 	}
-	f := &fleet{table: table, region: cfg.Node.Region, log: log, pins: map[string]bool{}, addrs: map[string]string{}}
+	f := &fleet{table: table, region: cfg.Node.Region, log: log, publishEvery: publishEvery,
+		pins: map[string]bool{}, addrs: map[string]string{}, synced: make(chan struct{})}
 	f.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "godwit_backhaul_requests_total",
 		Help: "Requests sent over the backhaul to the owner edges of machines, by the owner's region.",
@@ -168,10 +186,28 @@ func readGossipKey(path string) ([]byte, error) {
 
 // pinned reports whether a backhaul peer's certificate is an alive
 // member's: only nodes admitted to gossip (with its key) may send requests.
+// A certificate unknown yet may be a member that has just joined: pinned
+// waits up to pinWait for gossip to report it.
 func (f *fleet) pinned(fp string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.pins[fp]
+	var timeout <-chan time.Time
+	for {
+		f.mu.Lock()
+		ok, synced := f.pins[fp], f.synced
+		f.mu.Unlock()
+		if ok {
+			return true
+		}
+		if timeout == nil {
+			t := time.NewTimer(pinWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-synced:
+		case <-timeout:
+			return false
+		}
+	}
 }
 
 // RoundTrip sends req to the backhaul of owner.
@@ -216,8 +252,10 @@ func (c *rttCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // run keeps gossip and the routing table in step until ctx ends: this
-// node's machines go out, other nodes' come in, with member RTTs. Then the
-// node leaves gracefully, so peers reroute at once, and everything closes.
+// node's machines go out (as soon as the table signals a change; load
+// bands every publishEvery), other nodes' come in, with member RTTs. Then
+// the node leaves gracefully, so peers reroute at once, and everything
+// closes.
 func (f *fleet) run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	if f.server != nil {
@@ -225,8 +263,9 @@ func (f *fleet) run(ctx context.Context) error {
 	} else {
 		errc <- nil
 	}
-	tick := time.NewTicker(publishEvery)
+	tick := time.NewTicker(f.publishEvery)
 	defer tick.Stop()
+	f.publish() // at once, withdrawing what a previous run published and is gone
 	f.sync()
 	for {
 		select {
@@ -236,12 +275,19 @@ func (f *fleet) run(ctx context.Context) error {
 			return <-errc
 		case <-f.node.Changes():
 			f.sync()
+		case <-f.table.LocalChanges():
+			f.publish()
 		case <-tick.C:
-			f.node.SetLocal(localRecords(f.table))
+			// Samples load bands, and is the safety net for a change of
+			// a machine that nothing signalled.
+			f.publish()
 			f.table.SetRegionRTTs(f.regionRTTs())
 		}
 	}
 }
+
+// publish hands this node's machine records to gossip.
+func (f *fleet) publish() { f.node.SetLocal(localRecords(f.table)) }
 
 // leave tells the fleet this node is going (once): peers stop sending it
 // requests at once, instead of after failure detection.
@@ -269,6 +315,8 @@ func (f *fleet) sync() {
 	}
 	f.mu.Lock()
 	f.pins, f.addrs = pins, addrs
+	close(f.synced)
+	f.synced = make(chan struct{})
 	f.mu.Unlock()
 	f.table.SetRemote(remoteMachines(f.node.Remote()))
 	f.table.SetRegionRTTs(f.regionRTTs())

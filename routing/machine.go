@@ -56,10 +56,14 @@ type Machine struct {
 	owner *ownerState
 
 	queue *queue // the app's wait queue, shared by its machines
+	// changed is the table's LocalChanges channel, for a machine of this
+	// node (health and start flips are signalled on it); nil for a remote
+	// machine.
+	changed chan struct{}
 }
 
-func newMachine(c config.Machine, conc config.Concurrency, q *queue) *Machine {
-	m := &Machine{ID: c.ID, App: c.App, Region: c.Region, Addr: c.Address, queue: q}
+func newMachine(c config.Machine, conc config.Concurrency, q *queue, changed chan struct{}) *Machine {
+	m := &Machine{ID: c.ID, App: c.App, Region: c.Region, Addr: c.Address, queue: q, changed: changed}
 	m.soft.Store(int32(conc.SoftLimit))
 	m.hard.Store(int32(conc.HardLimit))
 	m.healthy.Store(true)
@@ -81,17 +85,41 @@ func (m *Machine) Healthy() bool { return m.healthy.Load() }
 func (m *Machine) Started() bool { return m.started.Load() }
 
 // SetHealthy records a health transition. A machine that becomes healthy may
-// take requests waiting in its app's queue.
+// take requests waiting in its app's queue. A transition of this node's own
+// machine is signalled on the table's LocalChanges.
 func (m *Machine) SetHealthy(ok bool) {
-	if m.healthy.Swap(ok) != ok && ok {
-		m.queue.kick(m)
+	if m.healthy.Swap(ok) != ok {
+		m.flipped(ok)
 	}
 }
 
-// SetStarted records a start or stop of the machine.
+// SetStarted records a start or stop of the machine, signalled like
+// SetHealthy's transitions.
 func (m *Machine) SetStarted(ok bool) {
-	if m.started.Swap(ok) != ok && ok {
+	if m.started.Swap(ok) != ok {
+		m.flipped(ok)
+	}
+}
+
+// flipped follows a change of health or started state: a machine now up may
+// take queued requests, and a change of this node's own machine is
+// signalled.
+func (m *Machine) flipped(up bool) {
+	if up {
 		m.queue.kick(m)
+	}
+	signal(m.changed)
+}
+
+// signal sends on a LocalChanges channel without blocking: a signal already
+// pending stands for this one too. A nil channel is not signalled.
+func signal(ch chan struct{}) {
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- struct{}{}:
+	default:
 	}
 }
 

@@ -187,6 +187,10 @@ type Table struct {
 	region string
 	snap   atomic.Pointer[snapshot]
 
+	// localChanges (capacity 1) is signalled when this node's own
+	// machines change apart from load; see LocalChanges.
+	localChanges chan struct{}
+
 	mu     sync.Mutex // serialises changes; guards the inputs below
 	apps   []config.App
 	local  []config.Machine
@@ -204,21 +208,32 @@ type snapshot struct {
 
 // NewTable builds a table for a node in region from validated config.
 func NewTable(region string, apps []config.App, machines []config.Machine) *Table {
-	t := &Table{region: region, owners: make(map[string]*ownerState)}
-	t.Update(apps, machines)
+	t := &Table{region: region, owners: make(map[string]*ownerState), localChanges: make(chan struct{}, 1)}
+	t.apps, t.local = apps, machines
+	t.rebuild()
 	return t
 }
 
 // Update replaces the table's apps and this node's own machines (from
 // config). Machines that keep their id, app, region and address keep their
 // live state (in-flight count, health); their limits follow the new config.
-// Apps keep their wait queue. Concurrent calls are serialised.
+// Apps keep their wait queue. Concurrent calls are serialised. The change
+// is signalled on LocalChanges.
 func (t *Table) Update(apps []config.App, machines []config.Machine) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	t.apps, t.local = apps, machines
 	t.rebuild()
+	t.mu.Unlock()
+	signal(t.localChanges)
 }
+
+// LocalChanges returns a channel (capacity 1) that receives a value when
+// this node's own machines may have changed other than in load: added or
+// removed, limits changed (Update), health or started state flipped
+// (SetHealthy, SetStarted). Several changes may be signalled once; the
+// reader re-reads the table after each receive. Load bands move with every
+// request and are not signalled: whoever needs them samples Band.
+func (t *Table) LocalChanges() <-chan struct{} { return t.localChanges }
 
 // rebuild builds and swaps a new snapshot from the table's inputs. Called
 // with t.mu held.
@@ -268,7 +283,7 @@ func (t *Table) rebuild() {
 			}
 		}
 		if m == nil {
-			m = newMachine(mc, a.Config.HTTPService.Concurrency, a.queue)
+			m = newMachine(mc, a.Config.HTTPService.Concurrency, a.queue, t.localChanges)
 		}
 		// A reused machine already has this queue: its app kept it. (Writing
 		// the field again would race with Release on the old snapshot.)
