@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +34,11 @@ var ErrOwnerUnreachable = errors.New("owner edge unreachable")
 const (
 	hdrBackhaul = "Godwit-Backhaul" // the machine and the forwardInfo, URL-query encoded
 	hdrRefused  = "Godwit-Refused"  // the owner did not send the request to the machine: why
+	// hdrUpgraded, on the owner's 200 to an upgrade, says that the machine
+	// answered 101 switching to this protocol and that the rest of the
+	// stream is the tunnel (HTTP/2 and HTTP/3 cannot carry a 101, nor
+	// Connection and Upgrade). The owner drops it from machines' answers.
+	hdrUpgraded = "Godwit-Upgraded"
 )
 
 // Refusal reasons of an owner (Godwit-Refused). Each means the machine
@@ -74,6 +80,7 @@ func encodeBackhaul(machine string, contentLength int64, fi *forwardInfo) string
 	set("replay_failed", fi.replayFailed)
 	set("cache_status", fi.replayCacheStatus)
 	set("preferred_unavailable", fi.preferredUnavailable)
+	set("upgrade", fi.upgrade)
 	if fi.chunked {
 		v.Set("chunked", "1")
 	}
@@ -100,7 +107,7 @@ func decodeBackhaul(s string) (machine string, length int64, fi forwardInfo, err
 		proto: v.Get("proto"), port: v.Get("port"), ssl: v.Get("ssl"), via: v.Get("via"),
 		replaySrc: v.Get("replay_src"), replayFailed: v.Get("replay_failed"),
 		replayCacheStatus: v.Get("cache_status"), preferredUnavailable: v.Get("preferred_unavailable"),
-		chunked: v.Get("chunked") == "1",
+		upgrade: v.Get("upgrade"), chunked: v.Get("chunked") == "1",
 	}
 	return machine, length, fi, nil
 }
@@ -111,6 +118,15 @@ func decodeBackhaul(s string) (machine string, length int64, fi forwardInfo, err
 // region) and forwards the request to the machine exactly, under the
 // machine's hard limit, returning its answer raw: a fly-replay answer goes
 // back to the accepting edge, which runs the replay.
+//
+// A protocol upgrade (WebSocket and the like) arrives as a request whose
+// body is the client's side of the tunnel to be, empty until then. The
+// handler sends the upgrade to the machine on a connection of its own; a
+// machine that answers 101 makes the handler answer 200 with
+// Godwit-Upgraded and the machine's headers, and then splice the request
+// body to the machine and the machine to the response body until either
+// ends (ownerTunnel), holding the machine's slot all along. Any other
+// answer goes back raw, like any request's.
 func (h *Handler) BackhaulHandler() http.Handler {
 	return http.HandlerFunc(h.serveBackhaul)
 }
@@ -123,6 +139,16 @@ func (h *Handler) serveBackhaul(w http.ResponseWriter, r *http.Request) {
 		x.status = http.StatusBadRequest
 		http.Error(w, err.Error(), x.status)
 		return
+	}
+	if fi.upgrade != "" {
+		// The stream is the tunnel's: the upgrade request itself has no
+		// body (remoteExchange sends none that has).
+		if length != 0 {
+			x.status = http.StatusBadRequest
+			http.Error(w, "an upgrade over the backhaul carries no request body", x.status)
+			return
+		}
+		x.tunnelIn = r.Body
 	}
 	// The body is framed as the client framed it: none, a length, or
 	// chunked (HTTP/3 itself reports an unknown length for all three).
@@ -172,20 +198,29 @@ func (h *Handler) serveBackhaul(w http.ResponseWriter, r *http.Request) {
 // proxy.connect_retries more, like connect failures). An owner that cannot
 // be reached is held out of the pick (passive detection), so following
 // requests go elsewhere without waiting for gossip.
+//
+// An upgrade goes with an upgradeStream as its body; the owner's report
+// that the machine switched protocols (Godwit-Upgraded) comes back as the
+// machine's 101, whose body is the stream's response body, and forward
+// makes it a tunnel (remoteTunnel). Every other answer is the machine's
+// (a fly-replay is replayed here, like any). Closing the response's body
+// ends the stream, whatever the answer.
 func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exchange, fi *forwardInfo, body *replay.Body, hop **replayHop) (*http.Response, step) {
 	ctx := r.Context()
 	if h.fleet == nil {
 		h.fail(w, x, CodeOwnerRefused, "the machine is on another edge and this node has no backhaul", nil)
 		return nil, stepAnswered
 	}
-	if fi.upgrade != "" {
-		h.fail(w, x, CodeUpgradeRejected, "protocol upgrades to a machine of another edge are not supported yet", nil)
+	if fi.upgrade != "" && body != nil {
+		// Its body and the tunnel's bytes would share the stream, and
+		// such upgrades (h2c's) are rare: not worth a framing of their own.
+		h.fail(w, x, CodeUpgradeRejected, "a protocol upgrade with a request body cannot go to a machine of another edge", nil)
 		return nil, stepAnswered
 	}
 	var tried []*routing.Machine
 	for attempt := 0; ; attempt++ {
 		m := x.machine
-		req, err := h.backhaulRequest(r, m, fi)
+		req, stream, err := h.backhaulRequest(r, m, fi)
 		if err != nil {
 			h.fail(w, x, CodeOwnerRefused, "could not build the backhaul request", err)
 			return nil, stepAnswered
@@ -193,11 +228,21 @@ func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exch
 		(*hop).end()
 		x.markUpStart()
 		resp, err := h.fleet.RoundTrip(req, m.Owner)
+		if stream != nil {
+			if err != nil {
+				stream.end()
+			} else {
+				resp.Body = &upgradeBody{ReadCloser: resp.Body, stream: stream}
+			}
+		}
 		reason := ""
 		switch {
 		case err == nil && resp.Header.Get(hdrRefused) == "":
 			h.table.MarkOwnerUp(m.Owner)
 			x.backhaulReq = req // a fly-replay answer detaches its body before the replay
+			if stream != nil {
+				switchedResponse(resp)
+			}
 			return resp, stepResponse
 		case err == nil:
 			reason = resp.Header.Get(hdrRefused)
@@ -262,14 +307,41 @@ func (h *Handler) applyRefusal(m *routing.Machine, reason string) {
 	}
 }
 
+// switchedResponse turns the owner's report that the machine switched
+// protocols (200 with Godwit-Upgraded) back into the machine's 101: its
+// headers, plus the Connection and Upgrade the backhaul could not carry.
+// Any other answer is left as it is.
+func switchedResponse(resp *http.Response) {
+	proto := resp.Header.Get(hdrUpgraded)
+	if proto == "" || resp.StatusCode != http.StatusOK {
+		return
+	}
+	resp.Header.Del(hdrUpgraded)
+	resp.Header.Set("Connection", "Upgrade")
+	resp.Header.Set("Upgrade", proto)
+	resp.StatusCode = http.StatusSwitchingProtocols
+	resp.Status = "101 Switching Protocols"
+}
+
 // backhaulRequest is the request to the owner of m: the client's request
 // as received (method, target, headers, streaming body) plus what this
-// edge adds, in Godwit-Backhaul. Hop-by-hop headers stay here.
-func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwardInfo) (*http.Request, error) {
+// edge adds, in Godwit-Backhaul. Hop-by-hop headers stay here. An upgrade
+// (which has no body) gets an upgradeStream as its body, returned too:
+// the caller ends it.
+func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwardInfo) (*http.Request, *upgradeStream, error) {
 	target := requestTarget(r)
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, "https://"+m.Owner+target, nil)
+	ctx := r.Context()
+	var stream *upgradeStream
+	if fi.upgrade != "" {
+		stream = newUpgradeStream(ctx)
+		ctx = stream.ctx
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, "https://"+m.Owner+target, nil)
 	if err != nil {
-		return nil, err
+		if stream != nil {
+			stream.end()
+		}
+		return nil, nil, err
 	}
 	connection := r.Header["Connection"]
 	for k, vv := range r.Header {
@@ -292,7 +364,12 @@ func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwa
 		}
 	}
 	req.Header.Del("Content-Length")
-	return req, nil
+	if stream != nil {
+		req.Body, _ = stream.body()
+		req.GetBody = stream.body // nothing was written to it: a resend starts afresh
+		req.ContentLength = -1
+	}
+	return req, stream, nil
 }
 
 // attemptBody is one backhaul attempt's request body. HTTP/2 and HTTP/3
@@ -328,4 +405,91 @@ func detachBody(req *http.Request) {
 		b.r = nil
 		b.mu.Unlock()
 	}
+}
+
+// upgradeStream is the client's side of a tunnel to a machine of another
+// edge: the body of the backhaul request of an upgrade, which streams
+// while the owner's response (the machine's side) arrives.
+//
+// It stays empty until the owner reports the machine's 101 and
+// remoteTunnel writes the client's bytes into it, so any attempt may be
+// resent. Each attempt's body is a pipe of its own (body, the request's
+// GetBody): the transport may still read an attempt's body after
+// RoundTrip gave up on it, and such a stale reader must never take bytes
+// meant for the tunnel, so the pipe of an attempt that was superseded is
+// closed.
+type upgradeStream struct {
+	ctx    context.Context    // the backhaul request's
+	cancel context.CancelFunc // resets the stream
+
+	mu    sync.Mutex
+	pr    *io.PipeReader // the last attempt's body: the transport reads it
+	pw    *io.PipeWriter // the tunnel writes the client's bytes to it
+	ended bool
+}
+
+var errStreamEnded = errors.New("the backhaul stream of the upgrade has ended")
+
+func newUpgradeStream(parent context.Context) *upgradeStream {
+	s := &upgradeStream{}
+	s.ctx, s.cancel = context.WithCancel(parent)
+	return s
+}
+
+// body returns the body of a new attempt and closes the previous one's.
+func (s *upgradeStream) body() (io.ReadCloser, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return nil, errStreamEnded
+	}
+	if s.pw != nil {
+		s.pw.CloseWithError(errAttemptOver) // what a stale reader gets
+	}
+	s.pr, s.pw = io.Pipe()
+	return s.pr, nil
+}
+
+// writer is where the client's bytes go: the body of the last attempt,
+// the one whose answer arrived. Closing it (nil error) ends the request
+// body, which the owner passes on as a half-close toward the machine.
+func (s *upgradeStream) writer() *io.PipeWriter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pw
+}
+
+// end resets the stream (the owner's handler sees its request end) and
+// fails every read and write of the pipe, so that the transport's reader
+// of the body and the tunnel's writer both return. It is idempotent, and
+// safe at any time from any goroutine.
+func (s *upgradeStream) end() {
+	s.mu.Lock()
+	s.ended = true
+	pr, pw := s.pr, s.pw
+	s.mu.Unlock()
+	if pr != nil {
+		pw.CloseWithError(errStreamEnded)
+		pr.CloseWithError(errStreamEnded)
+	}
+	s.cancel()
+}
+
+// Close ends the stream (for Handler.tunnels at shutdown).
+func (s *upgradeStream) Close() error {
+	s.end()
+	return nil
+}
+
+// upgradeBody is the body of the owner's answer to an upgrade. Closing
+// it ends the stream: whatever the answer was, that is the end of the
+// exchange with the owner.
+type upgradeBody struct {
+	io.ReadCloser
+	stream *upgradeStream
+}
+
+func (b *upgradeBody) Close() error {
+	b.stream.end()
+	return b.ReadCloser.Close()
 }

@@ -87,6 +87,10 @@ type exchange struct {
 	queued      time.Duration
 	err         error
 	tunnelled   bool // counted by Handler.tunnels until finished
+
+	// tunnelIn is, on an owner, the backhaul request body of an upgrade:
+	// the client's side of the tunnel once the machine switches protocols.
+	tunnelIn io.ReadCloser
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo) {
@@ -394,6 +398,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	hdr := w.Header()
 	if x.owner {
 		copyRawResponseHeader(hdr, resp.Header) // the accepting edge rewrites it
+		delete(hdr, hdrUpgraded)                // only the owner says a machine switched protocols
 	} else {
 		copyResponseHeader(hdr, resp.Header)
 		hdr[hdrRequestIDResp] = x.idHeader
