@@ -321,9 +321,12 @@ func (c *Client) dial(p *peer) {
 	ctx, cancel := context.WithTimeout(c.ctx, c.opts.HandshakeTimeout)
 	defer cancel()
 	var err error
-	if c.opts.Protocol == ProtocolH2 {
+	switch c.opts.Protocol {
+	case ProtocolMux:
+		p.conn, err = c.dialMux(ctx, p.key)
+	case ProtocolH2:
 		p.conn, err = c.dialH2(ctx, p.key)
-	} else {
+	default:
 		p.conn, err = c.dialQUIC(ctx, p.key)
 	}
 	if err == nil {

@@ -13,7 +13,7 @@ import (
 )
 
 // protocols are the protocols every behaviour is tested with.
-var protocols = []string{ProtocolQUIC, ProtocolH2}
+var protocols = []string{ProtocolQUIC, ProtocolH2, ProtocolMux}
 
 // waitLimit bounds every wait for something that should happen promptly.
 const waitLimit = 5 * time.Second

@@ -11,6 +11,7 @@ import (
 const (
 	ProtocolQUIC = "quic" // HTTP/3 over QUIC (UDP): the default
 	ProtocolH2   = "h2"   // HTTP/2 over TLS over TCP: for comparison
+	ProtocolMux  = "mux"  // godwit's own streams over TLS over TCP (mux.go)
 )
 
 // Options tune a Server or a Client. The zero value is ready to use: QUIC,
@@ -69,9 +70,9 @@ func (o Options) withDefaults() (Options, error) {
 	switch o.Protocol {
 	case "":
 		o.Protocol = ProtocolQUIC
-	case ProtocolQUIC, ProtocolH2:
+	case ProtocolQUIC, ProtocolH2, ProtocolMux:
 	default:
-		return o, fmt.Errorf("backhaul: unknown protocol %q (want %q or %q)", o.Protocol, ProtocolQUIC, ProtocolH2)
+		return o, fmt.Errorf("backhaul: unknown protocol %q (want %q, %q or %q)", o.Protocol, ProtocolMux, ProtocolH2, ProtocolQUIC)
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = DefaultIdleTimeout

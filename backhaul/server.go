@@ -34,7 +34,8 @@ type Server struct {
 
 	tcp   net.Listener
 	hs    *http.Server
-	conns tracker // HTTP/2 connections open
+	mux   *muxServer
+	conns tracker // HTTP/2 and mux connections open
 
 	mu    sync.Mutex
 	state serverState
@@ -71,9 +72,12 @@ func Listen(addr string, id *Identity, pins Pins, h http.Handler, opts Options) 
 	s.conns.init()
 	tlsConf := serverTLS(id, pins, &s.opts, s.refused)
 	handler := s.track(h)
-	if opts.Protocol == ProtocolH2 {
+	switch opts.Protocol {
+	case ProtocolMux:
+		err = s.listenMux(addr, tlsConf, handler)
+	case ProtocolH2:
 		err = s.listenH2(addr, tlsConf, handler)
-	} else {
+	default:
 		err = s.listenQUIC(addr, tlsConf, handler)
 	}
 	if err != nil {
@@ -161,6 +165,9 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) serve() error {
+	if s.mux != nil {
+		return s.mux.serve(s.tcp)
+	}
 	if s.hs != nil {
 		return s.hs.ServeTLS(s.tcp, "", "")
 	}
@@ -174,10 +181,13 @@ func (s *Server) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.DrainTimeout)
 	defer cancel()
 	var err error
-	if s.hs != nil {
+	switch {
+	case s.mux != nil:
+		err = s.mux.shutdown(ctx, s.tcp)
+	case s.hs != nil:
 		err = s.hs.Shutdown(ctx)
 		s.hs.Close()
-	} else {
+	default:
 		// http3 leaves the listener to its owner. Closed first, it
 		// refuses new handshakes at once rather than queueing them.
 		s.ln.Close()

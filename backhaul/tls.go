@@ -18,8 +18,11 @@ const (
 )
 
 func alpn(protocol string) string {
-	if protocol == ProtocolH2 {
+	switch protocol {
+	case ProtocolH2:
 		return alpnH2
+	case ProtocolMux:
+		return alpnMux
 	}
 	return alpnH3
 }

@@ -670,11 +670,11 @@ func hasApp(apps []App, name string) bool {
 }
 
 func (l *loader) backhaul(b *reader, bh *Backhaul) {
-	b.enum("protocol", &bh.Protocol, BackhaulQUIC, BackhaulH2)
+	b.enum("protocol", &bh.Protocol, BackhaulMux, BackhaulH2, BackhaulQUIC)
 	if v := b.str("listen", &bh.Listen); v != nil {
-		network := "udp"
-		if bh.Protocol == BackhaulH2 {
-			network = "tcp"
+		network := "tcp"
+		if bh.Protocol == BackhaulQUIC {
+			network = "udp"
 		}
 		l.listenAddr(b, v, "listen", network)
 	}

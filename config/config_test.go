@@ -274,7 +274,7 @@ func TestDefaults(t *testing.T) {
 		Node:     Node{Name: "test-host", Region: "local"},
 		Listen:   Listen{HTTP: "127.0.0.1:8080", Admin: "127.0.0.1:9090"},
 		Log:      Log{Level: slog.LevelInfo, Format: "json", Access: true},
-		Backhaul: Backhaul{Protocol: "h2"},
+		Backhaul: Backhaul{Protocol: "mux"},
 		Proxy: Proxy{
 			ReadHeaderTimeout:   10 * time.Second,
 			IdleTimeout:         120 * time.Second,

@@ -34,7 +34,7 @@ func defaults(hostname string) defaultSet {
 				HTTP3: "", // off
 				Admin: "127.0.0.1:9090",
 			},
-			Backhaul: Backhaul{Protocol: BackhaulH2},
+			Backhaul: Backhaul{Protocol: BackhaulMux},
 			Log: Log{
 				Level:  slog.LevelInfo,
 				Format: LogJSON,

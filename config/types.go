@@ -84,7 +84,7 @@ type Gossip struct {
 // Backhaul configures QUIC between edges (used from the fleet issue on).
 type Backhaul struct {
 	Listen   string // host:port (UDP for quic, TCP for h2); empty (the default) means off
-	Protocol string // BackhaulH2 (default) or BackhaulQUIC
+	Protocol string // BackhaulMux (default), BackhaulH2 or BackhaulQUIC
 	// CertFile and KeyFile name the node's backhaul certificate (both or
 	// neither); without them a self-signed one is made at start. Either
 	// way peers pin its fingerprint through gossip.
@@ -101,7 +101,8 @@ type Backhaul struct {
 // Backhaul protocols.
 const (
 	BackhaulQUIC = "quic" // HTTP/3 over QUIC
-	BackhaulH2   = "h2"   // HTTP/2 over TLS over TCP: the default, measured faster here (README)
+	BackhaulH2   = "h2"   // HTTP/2 over TLS over TCP
+	BackhaulMux  = "mux"  // godwit's own streams over TLS over TCP: the default, measured fastest here (README)
 )
 
 // RegionPair is the SimulatedRTT key of two regions, in either order.

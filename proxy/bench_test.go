@@ -86,3 +86,67 @@ address = %q
 		})
 	}
 }
+
+// BenchmarkBackhaul measures one GET on one keep-alive client connection
+// sent to the machine's owner edge (direct-P) and sent to another edge that
+// forwards it over backhaul protocol P to the owner (via-P). As a floor for
+// what a hop can cost, chain-http1 sends it to a standalone edge whose
+// "machine" is the owner's plain HTTP/1.1 listener: a second full proxy
+// pass, without TLS or multiplexing. Edges and the machine run in this
+// process: compare the sub-benchmarks with each other; bench/fleet
+// measures edges as separate processes.
+func BenchmarkBackhaul(b *testing.B) {
+	body := []byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+	m := startMachine(b, "m-b", func(w http.ResponseWriter, r *http.Request) { w.Write(body) }, nil)
+	type target struct {
+		name string
+		p    *testProxy
+	}
+	var targets []target
+	for _, proto := range []string{"mux", "h2", "quic"} {
+		owner := startEdgeProto(b, proto, "edge-b-"+proto, "cdg", "", ownedMachine("m-b-"+proto, "cdg", m.addr))
+		edge := startEdgeProto(b, proto, "edge-a-"+proto, "iad", owner.srv.GossipAddr(), "")
+		routable(b, edge, "m-b-"+proto)
+		targets = append(targets, target{"direct-" + proto, owner}, target{"via-" + proto, edge})
+	}
+	chained := startProxy(b, fmt.Sprintf(`
+[[app]]
+name  = "web"
+hosts = [%q]
+[app.http_service.concurrency]
+type = "requests"
+soft_limit = 1000
+[[machine]]
+id      = "edge-b"
+app     = "web"
+address = %q
+`, webHost, targets[0].p.httpAddr))
+	targets = append(targets, target{"chain-http1", chained})
+
+	for _, bc := range targets {
+		b.Run(bc.name, func(b *testing.B) {
+			nc, err := net.Dial("tcp", bc.p.httpAddr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer nc.Close()
+			req := []byte("GET / HTTP/1.1\r\nHost: " + webHost + "\r\n\r\n")
+			br := bufio.NewReader(nc)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := nc.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || n != int64(len(body)) {
+					b.Fatalf("got %d with %d bytes, want 200 with the machine's %d", resp.StatusCode, n, len(body))
+				}
+			}
+		})
+	}
+}

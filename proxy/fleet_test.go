@@ -14,12 +14,16 @@ import (
 )
 
 // edgeConfig is the TOML of one edge of a test fleet: gossip and backhaul
-// on loopback with free ports, joining join (a gossip address, or ""),
-// serving app web, and owning the given [[machine]] tables.
-func edgeConfig(name, region, join, extra string) string {
-	joinLine := ""
+// (protocol proto, or the default when "") on loopback with free ports,
+// joining join (a gossip address, or ""), serving app web, and owning the
+// given [[machine]] tables.
+func edgeConfig(proto, name, region, join, extra string) string {
+	joinLine, protoLine := "", ""
 	if join != "" {
 		joinLine = fmt.Sprintf("join = [%q]\n", join)
+	}
+	if proto != "" {
+		protoLine = fmt.Sprintf("protocol = %q\n", proto)
 	}
 	return fmt.Sprintf(`
 [node]
@@ -38,11 +42,11 @@ bind = "127.0.0.1:0"
 %s
 [backhaul]
 listen = "127.0.0.1:0"
-
+%s
 [[app]]
 name  = "web"
 hosts = ["web.example.com"]
-`, name, region, joinLine) + extra
+`, name, region, joinLine, protoLine) + extra
 }
 
 // ownedMachine is a [[machine]] table of app web.
@@ -51,9 +55,15 @@ func ownedMachine(id, region, addr string) string {
 }
 
 // startEdge starts one edge of a test fleet and waits until it has joined.
-func startEdge(t *testing.T, name, region, join, extra string) *testProxy {
+func startEdge(t testing.TB, name, region, join, extra string) *testProxy {
 	t.Helper()
-	cfg, err := config.Parse([]byte(edgeConfig(name, region, join, extra)), name+".toml")
+	return startEdgeProto(t, "", name, region, join, extra)
+}
+
+// startEdgeProto is startEdge with backhaul protocol proto.
+func startEdgeProto(t testing.TB, proto, name, region, join, extra string) *testProxy {
+	t.Helper()
+	cfg, err := config.Parse([]byte(edgeConfig(proto, name, region, join, extra)), name+".toml")
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
@@ -63,7 +73,7 @@ func startEdge(t *testing.T, name, region, join, extra string) *testProxy {
 }
 
 // routable waits until p routes to machine id of another edge.
-func routable(t *testing.T, p *testProxy, id string) {
+func routable(t testing.TB, p *testProxy, id string) {
 	t.Helper()
 	eventually(t, 15*time.Second, "machine "+id+" known and reachable", func() bool {
 		m := p.srv.Table().Machine(id)

@@ -117,7 +117,8 @@ func parseFlags(args []string) (*config, error) {
 Measures godwit's fleet with edges as child processes on loopback:
 a. propagation of a machine state change to every edge, b. failover after
 SIGKILL of an owner edge, c. the backhaul's cost (client → edge A → edge B →
-machine against client → edge B → machine), for QUIC and HTTP/2. Writes a
+machine against client → edge B → machine), per backhaul protocol (mux,
+HTTP/2, QUIC). Writes a
 markdown report to stdout and -out, progress to stderr. Needs Linux, Go,
 taskset and two CPUs; wrk for c (installed with apt-get when missing and run
 as root; else a Go load loop is used). See bench/README.md.
@@ -131,7 +132,7 @@ Flags:
 	fs.StringVar(&c.godwit, "godwit", "", "a godwit binary to measure instead of building ./cmd/godwit")
 	fs.StringVar(&c.out, "out", "bench/fleet-latest.md", "report file (relative to the repository root unless absolute); raw data beside it as -propagation.tsv, -failover.tsv, -backhaul.tsv")
 	phases := fs.String("phases", "propagation,failover,backhaul", "what to measure, comma-separated")
-	protocols := fs.String("protocols", "quic,h2", "backhaul protocols, comma-separated (propagation uses the first)")
+	protocols := fs.String("protocols", "mux,h2,quic", "backhaul protocols, comma-separated (propagation uses the first)")
 	fs.IntVar(&c.edges, "edges", 5, "edges in the propagation fleet")
 	fs.IntVar(&c.changes, "changes", 30, "machine state changes measured (propagation)")
 	fs.DurationVar(&c.pollEvery, "poll", 5*time.Millisecond, "how often each edge's /v1/machines is polled (propagation)")
@@ -177,8 +178,8 @@ Flags:
 		}
 	}
 	for _, p := range splitList(*protocols) {
-		if p != "quic" && p != "h2" {
-			return nil, fmt.Errorf("-protocols: unknown %q (want quic, h2)", p)
+		if p != "mux" && p != "h2" && p != "quic" {
+			return nil, fmt.Errorf("-protocols: unknown %q (want mux, h2, quic)", p)
 		}
 		c.protocols = append(c.protocols, p)
 	}

@@ -38,7 +38,7 @@ func TestFleetKill(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	for _, proto := range []string{"quic", "h2"} {
+	for _, proto := range []string{"mux", "h2", "quic"} {
 		t.Run(proto, func(t *testing.T) { fleetKill(t, bin, proto) })
 	}
 }
