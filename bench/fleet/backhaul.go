@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -26,9 +28,13 @@ type bhRun struct {
 
 // bhPair is the two edges of one protocol.
 type bhPair struct {
-	protocol string
-	a, b     *edge
+	protocol   string
+	a, b       *edge
+	capA, capB *cpuCap // nil: no capped runs
 }
+
+// capSuffix marks a scenario run with each edge capped at cfg.edgeCap.
+const capSuffix = "@cap"
 
 func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 	backendBin := filepath.Join(tmpDir, "backend")
@@ -79,6 +85,16 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 		pair := bhPair{protocol: p, a: f.byName["edge-a"], b: f.byName["edge-b"]}
 		if err := waitUntil(ctx, 30*time.Second, "edge-a ("+p+") seeing m-b reachable", func() bool { return pair.a.allReachable([]string{"m-b"}) }); err != nil {
 			return "", err
+		}
+		if cfg.edgeCap > 0 {
+			var errA, errB error
+			pair.capA, errA = newCPUCap("godwit-bench-"+p+"-a", pair.a.pid())
+			pair.capB, errB = newCPUCap("godwit-bench-"+p+"-b", pair.b.pid())
+			defer func() { pair.a.stop(); pair.b.stop(); pair.capA.remove(); pair.capB.remove() }()
+			if err := errors.Join(errA, errB); err != nil {
+				logf("WARNING: no capped runs: cannot give each edge a cgroup of its own: %v", err)
+				cfg.edgeCap = 0
+			}
 		}
 		pairs = append(pairs, pair)
 	}
@@ -133,7 +149,14 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 	for _, p := range pairs {
 		scenarios = append(scenarios, "direct-"+p.protocol, "via-"+p.protocol)
 	}
+	maxC := slices.Max(cfg.conns)
+	if cfg.edgeCap > 0 {
+		for _, p := range pairs {
+			scenarios = append(scenarios, "direct-"+p.protocol+capSuffix, "via-"+p.protocol+capSuffix)
+		}
+	}
 	target := func(s string) (addr string, pair *bhPair) {
+		s = strings.TrimSuffix(s, capSuffix)
 		if s == "machine" {
 			return backendAddr, nil
 		}
@@ -152,6 +175,9 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 
 	logf("backhaul: warm-up, %v per scenario at 64 connections", cfg.warmup)
 	for _, s := range scenarios {
+		if strings.HasSuffix(s, capSuffix) {
+			continue
+		}
 		addr, _ := target(s)
 		if _, out, err := runLoad(ctx, cfg, "http://"+addr+"/64", appHost, 64, cfg.warmup); err != nil {
 			return "", fmt.Errorf("warm-up of %s: %v\n%s", s, err, out)
@@ -159,14 +185,29 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 	}
 
 	var runs []bhRun
-	total := cfg.rounds * len(cfg.conns) * len(scenarios)
+	capped := 0
+	for _, s := range scenarios {
+		if strings.HasSuffix(s, capSuffix) {
+			capped++
+		}
+	}
+	total := cfg.rounds * (len(cfg.conns)*(len(scenarios)-capped) + capped)
 	logf("backhaul: measuring %d runs of %v (about %.0f min)", total, cfg.duration, math.Ceil(float64(total)*(cfg.duration.Seconds()+0.5)/60))
 	k := 0
 	for r := 1; r <= cfg.rounds; r++ {
 		for _, c := range cfg.conns {
 			for i := range scenarios {
 				s := scenarios[(i+r-1)%len(scenarios)] // rotated every round
+				isCapped := strings.HasSuffix(s, capSuffix)
+				if isCapped && c != maxC {
+					continue // capped runs measure throughput only
+				}
 				addr, pair := target(s)
+				if isCapped {
+					if err := errors.Join(pair.capA.set(cfg.edgeCap), pair.capB.set(cfg.edgeCap)); err != nil {
+						return "", fmt.Errorf("cap the edges of %s: %w", s, err)
+					}
+				}
 				var pids []int
 				if pair != nil {
 					pids = []int{pair.a.pid(), pair.b.pid()}
@@ -175,6 +216,11 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 				pb0, pt0 := coreTicks(cfg.proxyCPU)
 				lb0, lt0 := coreTicks(cfg.loadCPU)
 				res, out, err := runLoad(ctx, cfg, "http://"+addr+"/64", appHost, c, cfg.duration)
+				if isCapped {
+					if err := errors.Join(pair.capA.set(0), pair.capB.set(0)); err != nil {
+						return "", fmt.Errorf("uncap the edges of %s: %w", s, err)
+					}
+				}
 				if err != nil {
 					return "", fmt.Errorf("%s, %d conns: %v\n%s", s, c, err, out)
 				}
@@ -296,7 +342,9 @@ func backhaulReport(cfg *config, scenarios, checks []string, runs []bhRun) strin
 	var b strings.Builder
 	fmt.Fprintf(&b, "## c. Backhaul cost\n\n")
 	fmt.Fprintf(&b, "Per protocol, two edges: edge-a (iad, no machines) and edge-b (cdg, owning m-b, which is bench/backend answering GET /64 with 64 bytes). "+
-		"Both edges of both protocols run at once, all pinned to CPU %d (GOMAXPROCS follows the affinity: 1); %s and the backend on CPU %d. "+
+		"The edges of every protocol run at once, all pinned to CPU %d (GOMAXPROCS follows the affinity: 1); %s and the backend on CPU %d. "+
+		"Scenarios marked @cap run only at the most connections, with each edge of the pair in a cgroup of its own capped at -edge-cap of a core: "+
+		"each edge then has a capacity of its own, equal for all, as edges on separate machines have, and the throughput ratio measures what the backhaul costs the busier edge. "+
 		"Scenarios: machine = load → backend; direct-P = load → edge-b → machine (edge-b's own machine); via-P = load → edge-a → backhaul P → edge-b → machine. "+
 		"Every cell is measured once per round, the order rotated each round; ratios and differences are taken per round against direct of the same protocol, then median (min–max). "+
 		"CPU µs/req: each edge's user+sys time (/proc/PID/stat) over the run divided by the requests completed.\n\n",
@@ -309,6 +357,9 @@ func backhaulReport(cfg *config, scenarios, checks []string, runs []bhRun) strin
 	var rows [][]string
 	for _, c := range cfg.conns {
 		for _, s := range scenarios {
+			if strings.HasSuffix(s, capSuffix) && c != slices.Max(cfg.conns) {
+				continue
+			}
 			direct := "direct-" + protoOf(s)
 			rr, pd := "—", "—"
 			if strings.HasPrefix(s, "via-") {
@@ -357,17 +408,26 @@ func backhaulReport(cfg *config, scenarios, checks []string, runs []bhRun) strin
 		}
 		fmt.Fprintf(&b, "- %s, %d conns: godwit-bound estimates from CPU µs/req: each edge on a core of its own (as in a real fleet) direct(edge-b) ÷ max(edge-a, edge-b in via) = %s; both edges on one core (this run) direct ÷ (edge-a + edge-b) = %s\n",
 			p, maxC, cell(own, "%.2f"), cell(same, "%.2f"))
+		if cfg.edgeCap > 0 {
+			viaC, directC := via+capSuffix, direct+capSuffix
+			r := pair(maxC, viaC, directC, rps, true)
+			fmt.Fprintf(&b, "- %s, %d conns, each edge capped at %.2f core (a capacity of its own, as on separate machines): via ÷ direct req/s = %s (goal ≥ 0.70): %s (medians %.0f and %.0f req/s; edge-a + edge-b %.0f + %.0f µs/req in via, edge-b %.0f µs/req in direct)\n",
+				p, maxC, cfg.edgeCap, cell(r, "%.2f"), verdict(median(r) >= 0.7), median(col(maxC, viaC, rps)), median(col(maxC, directC, rps)),
+				median(col(maxC, viaC, cpuA)), median(col(maxC, viaC, cpuB)), median(col(maxC, directC, cpuB)))
+		}
 	}
-	if len(cfg.protocols) == 2 {
-		p, q := cfg.protocols[0], cfg.protocols[1]
-		b.WriteString("\n" + p + " against " + q + " (no goal; per round, then median (min–max)):\n\n")
-		for _, c := range cfg.conns {
-			fmt.Fprintf(&b, "- %d conns: via-%s ÷ via-%s req/s %s; p50 via-%s − via-%s %s ms; p99 via-%s − via-%s %s ms; CPU (edge-a + edge-b) via-%s ÷ via-%s %s (medians %.1f and %.1f µs/req)\n",
-				c, p, q, cell(pair(c, "via-"+p, "via-"+q, rps, true), "%.2f"),
-				p, q, cell(pair(c, "via-"+p, "via-"+q, p50, false), "%+.3f"),
-				p, q, cell(pair(c, "via-"+p, "via-"+q, p99, false), "%+.3f"),
-				p, q, cell(pair(c, "via-"+p, "via-"+q, cpuAB, true), "%.2f"),
-				median(col(c, "via-"+p, cpuAB)), median(col(c, "via-"+q, cpuAB)))
+	if len(cfg.protocols) >= 2 {
+		p := cfg.protocols[0]
+		for _, q := range cfg.protocols[1:] {
+			b.WriteString("\n" + p + " against " + q + " (no goal; per round, then median (min–max)):\n\n")
+			for _, c := range cfg.conns {
+				fmt.Fprintf(&b, "- %d conns: via-%s ÷ via-%s req/s %s; p50 via-%s − via-%s %s ms; p99 via-%s − via-%s %s ms; CPU (edge-a + edge-b) via-%s ÷ via-%s %s (medians %.1f and %.1f µs/req)\n",
+					c, p, q, cell(pair(c, "via-"+p, "via-"+q, rps, true), "%.2f"),
+					p, q, cell(pair(c, "via-"+p, "via-"+q, p50, false), "%+.3f"),
+					p, q, cell(pair(c, "via-"+p, "via-"+q, p99, false), "%+.3f"),
+					p, q, cell(pair(c, "via-"+p, "via-"+q, cpuAB, true), "%.2f"),
+					median(col(c, "via-"+p, cpuAB)), median(col(c, "via-"+q, cpuAB)))
+			}
 		}
 	}
 	return b.String()

@@ -53,6 +53,7 @@ type config struct {
 	warmup    time.Duration
 	conns     []int
 	proxyCPU  int
+	edgeCap   float64
 	loadCPU   int
 	load      string // "wrk" or "go"
 	keepTmp   bool
@@ -144,6 +145,7 @@ Flags:
 	fs.DurationVar(&c.warmup, "warmup", 2*time.Second, "warm-up run per scenario (backhaul)")
 	conns := fs.String("conns", "1,64", "connection counts, comma-separated; the smallest gives the latency goal, the largest the throughput goal (backhaul)")
 	fs.IntVar(&c.proxyCPU, "proxy-cpu", 0, "core for the edges of the backhaul benchmark (taskset)")
+	fs.Float64Var(&c.edgeCap, "edge-cap", 0.4, "throughput runs with each edge capped at this fraction of a core (a cgroup each: a capacity of its own, as on separate machines); 0: none (backhaul)")
 	fs.IntVar(&c.loadCPU, "load-cpu", 1, "core for the load generator and the backend (taskset)")
 	fs.StringVar(&c.load, "load", "auto", "load generator: wrk, go (the bench's own loop), or auto (wrk, installed if missing and possible, else go)")
 	fs.BoolVar(&c.keepTmp, "keep-tmp", false, "keep the temp dir (configs, every edge's log); kept anyway on failure")
