@@ -67,14 +67,14 @@ const (
 	codeCancel   = 0 // the sender no longer wants the stream
 	codeRefused  = 1 // the server did not process the request: safe to retry
 	codeInternal = 2 // the handler failed mid-answer
-	codeProtocol = 3 // the peer broke the protocol
+	codeProtocol = 3 // the peer broke the protocol on this stream (a request it cannot serve)
 )
 
 const (
 	muxVersion     = 1
 	frameHeaderLen = 9
-	maxFrame       = 32 << 10 // largest payload a sender writes
-	maxHead        = 1 << 20  // largest head (or trailers) a receiver accepts
+	maxFrame       = 32 << 10 // largest data payload a sender writes and a receiver accepts
+	maxHead        = 1 << 20  // largest frame, head or trailers, a receiver accepts
 	// streamWindow is how many body bytes a stream may have unread at its
 	// receiver. 1 MiB keeps a cross-region stream (100 ms) above 10 MB/s;
 	// it bounds memory only when the reader falls behind.
@@ -83,11 +83,12 @@ const (
 )
 
 var (
-	errStreamRefused  = errors.New("mux: the peer refused the stream (not processed)")
-	errStreamCanceled = errors.New("mux: stream canceled by the peer")
-	errStreamInternal = errors.New("mux: the peer's handler failed mid-answer")
-	errStreamDone     = errors.New("mux: stream finished")
-	errIdle           = errors.New("mux: no frame from the peer within the idle timeout")
+	errStreamRefused   = errors.New("mux: the peer refused the stream (not processed)")
+	errStreamCanceled  = errors.New("mux: stream canceled by the peer")
+	errStreamInternal  = errors.New("mux: the peer's handler failed mid-answer")
+	errStreamMalformed = errors.New("mux: the peer found the request malformed (not processed)")
+	errStreamDone      = errors.New("mux: stream finished")
+	errIdle            = errors.New("mux: no frame from the peer within the idle timeout")
 )
 
 // protocolError is a peer that broke the protocol; the connection ends.
@@ -171,7 +172,9 @@ func (c *muxConn) writeLocked(fs ...frame) error {
 }
 
 // readFrame reads the next frame header; the payload is left to the
-// caller, who must consume exactly n bytes.
+// caller, who must consume exactly n bytes. A frame longer than any this
+// protocol sends (bytes that are not frames, such as a stray HTTP/1.1
+// request, look like one) ends the connection at once.
 func (c *muxConn) readFrame() (typ frameType, flags uint8, id uint32, n int, err error) {
 	var hdr [frameHeaderLen]byte
 	if _, err = io.ReadFull(c.br, hdr[:]); err != nil {
@@ -179,6 +182,9 @@ func (c *muxConn) readFrame() (typ frameType, flags uint8, id uint32, n int, err
 	}
 	c.reads.Add(1)
 	n = int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
+	if n > maxHead {
+		return 0, 0, 0, 0, protocolError(fmt.Sprintf("frame of %d bytes (type %d)", n, hdr[3]))
+	}
 	return frameType(hdr[3]), hdr[4], binary.BigEndian.Uint32(hdr[5:]), n, nil
 }
 
@@ -200,6 +206,9 @@ func (c *muxConn) discard(n int) error {
 func (c *muxConn) handleCommon(typ frameType, flags uint8, id uint32, n int) (bool, error) {
 	switch typ {
 	case frameData:
+		if n > maxFrame {
+			return true, protocolError("data frame of " + strconv.Itoa(n) + " bytes")
+		}
 		s := c.stream(id)
 		if s == nil { // a stream this side already finished
 			return true, c.discard(n)
@@ -265,13 +274,6 @@ func (c *muxConn) remove(s *muxStream) {
 		delete(c.streams, s.id)
 	}
 	c.mu.Unlock()
-}
-
-// active is the number of open streams.
-func (c *muxConn) active() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.streams)
 }
 
 // fail ends the connection with err: every stream fails with it and the
@@ -353,6 +355,7 @@ type muxStream struct {
 	trailer  http.Header
 	readable chan struct{} // signalled (capacity 1) when any of the above changes
 	// Sending.
+	leave      bool // server: leave the table before the last frame (writeFrames)
 	sendWindow int
 	sendErr    error         // writing fails with it
 	writable   chan struct{} // signalled when sendWindow or sendErr changes
@@ -503,7 +506,7 @@ func (s *muxStream) sendData(p []byte, end bool) error {
 		if last {
 			f.flags = flagEnd
 		}
-		if err := s.c.write(f); err != nil {
+		if err := s.writeFrames(f); err != nil {
 			return &connError{err}
 		}
 		p = p[n:]
@@ -512,11 +515,25 @@ func (s *muxStream) sendData(p []byte, end bool) error {
 		}
 	}
 	if end {
-		if err := s.c.write(frame{typ: frameData, flags: flagEnd, id: s.id}); err != nil {
+		if err := s.writeFrames(frame{typ: frameData, flags: flagEnd, id: s.id}); err != nil {
 			return &connError{err}
 		}
 	}
 	return nil
+}
+
+// writeFrames writes frames of s. If the last one ends this side of the
+// stream, a server's stream leaves the connection's table before it goes:
+// the client frees the stream's slot, and may open another stream, as
+// soon as it has read that end, and the server must by then no longer
+// count this one against maxStreams. (Nothing the stream still needs
+// comes from the table after its last frame: the window for that frame
+// was taken, and the handler, which alone reads the request, returned.)
+func (s *muxStream) writeFrames(fs ...frame) error {
+	if s.leave && len(fs) > 0 && fs[len(fs)-1].flags&flagEnd != 0 {
+		s.c.remove(s)
+	}
+	return s.c.write(fs...)
 }
 
 // failRead makes reads fail with err from now on.
@@ -558,6 +575,8 @@ func (s *muxStream) peerReset(code uint32) {
 		err = errStreamRefused
 	case codeInternal:
 		err = errStreamInternal
+	case codeProtocol:
+		err = errStreamMalformed
 	default:
 		err = errStreamCanceled
 	}
@@ -566,13 +585,15 @@ func (s *muxStream) peerReset(code uint32) {
 }
 
 // reset abandons the stream: the peer is told, and local readers and
-// writers fail with err.
+// writers fail with err. The reset goes out before anything here learns
+// of the failure: a client frees the stream's slot then, and the head of
+// the next stream must not reach a full server before this reset does.
 func (s *muxStream) reset(code uint32, err error) {
 	s.c.remove(s)
-	s.abort(err)
 	var b [4]byte
 	binary.BigEndian.PutUint32(b[:], code)
 	s.c.write(frame{typ: frameReset, id: s.id, payload: b[:]})
+	s.abort(err)
 }
 
 // Heads. A head is a sequence of uvarints and length-prefixed strings:
@@ -582,6 +603,15 @@ func (s *muxStream) reset(code uint32, err error) {
 //	trailers: fields
 //
 // where fields are a count and that many name/value string pairs.
+
+// headSizeError is a head (or trailers) too large to send: the peer would
+// end the connection, and every stream on it, over it.
+func headSizeError(b []byte) error {
+	if len(b) <= maxHead {
+		return nil
+	}
+	return fmt.Errorf("mux: head of %d bytes, over the limit of %d", len(b), maxHead)
+}
 
 func appendString(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
@@ -656,16 +686,23 @@ func (r *headReader) string() string {
 	return v
 }
 
+// length decodes a content length: -1 (unknown) or more.
 func (r *headReader) length() int64 {
-	return int64(r.uvarint()) - 1
+	n := int64(r.uvarint()) - 1
+	if n < -1 && r.err == nil {
+		r.err = protocolError("malformed head: content length")
+	}
+	return n
 }
 
+// fields decodes fields; names are made canonical, as net/http makes
+// those it reads.
 func (r *headReader) fields() http.Header {
 	n := r.uvarint()
 	if r.err != nil {
 		return nil
 	}
-	if n > uint64(len(r.s)/2) {
+	if n > uint64(len(r.s)/3) { // a field takes at least 3 bytes
 		r.err = protocolError("malformed head")
 		return nil
 	}
@@ -680,6 +717,7 @@ func (r *headReader) fields() http.Header {
 			r.err = protocolError(fmt.Sprintf("invalid header field %q", k))
 			return nil
 		}
+		k = http.CanonicalHeaderKey(k) // no allocation if it is already
 		values[i] = v
 		if vv, ok := h[k]; ok {
 			h[k] = append(vv, v)

@@ -113,9 +113,6 @@ func (m *muxClient) readFrames() error {
 		}
 		switch typ {
 		case frameHeaders:
-			if n > maxHead {
-				return protocolError("head of " + strconv.Itoa(n) + " bytes")
-			}
 			b, err := m.payload(n)
 			if err != nil {
 				return err
@@ -197,13 +194,6 @@ type clientStream struct {
 // roundTrip sends req on a new stream and waits for the response head.
 func (m *muxClient) roundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
-	select {
-	case m.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-m.done:
-		return nil, &connError{m.ended()}
-	}
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	cl := req.ContentLength
 	switch {
@@ -212,7 +202,17 @@ func (m *muxClient) roundTrip(req *http.Request) (*http.Response, error) {
 	case cl == 0: // net/http: zero with a body means unknown
 		cl = -1
 	}
-	head := encodeRequestHead(req, cl)
+	head, err := encodeRequestHead(req, cl)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case m.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-m.done:
+		return nil, &connError{m.ended()}
+	}
 
 	// The id is taken and the head written under the write lock, so that
 	// heads reach the server in the order of their ids, as it requires.
@@ -237,7 +237,7 @@ func (m *muxClient) roundTrip(req *http.Request) (*http.Response, error) {
 	if !hasBody {
 		f.flags = flagEnd
 	}
-	err := m.writeLocked(f)
+	err = m.writeLocked(f)
 	m.wmu.Unlock()
 	if err != nil {
 		m.fail(fmt.Errorf("mux: write: %w", err))
@@ -336,6 +336,10 @@ func (s *clientStream) writeBody(cl int64) {
 			switch {
 			case trailers:
 				t := appendFields(nil, s.req.Trailer, nil)
+				if err := headSizeError(t); err != nil {
+					s.reset(codeCancel, fmt.Errorf("request trailers: %w", err))
+					return
+				}
 				s.c.write(frame{typ: frameHeaders, flags: flagEnd, id: s.id, payload: t})
 			case !whole || n == 0:
 				s.sendData(nil, true)
@@ -397,7 +401,10 @@ func (s *muxStream) trailerCopy() http.Header {
 	return s.trailer
 }
 
-func encodeRequestHead(req *http.Request, cl int64) []byte {
+// encodeRequestHead encodes req's head, or says why it cannot be sent: a
+// server ends the whole connection over a head that is too large, so such
+// a request must fail here alone.
+func encodeRequestHead(req *http.Request, cl int64) ([]byte, error) {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
@@ -412,16 +419,17 @@ func encodeRequestHead(req *http.Request, cl int64) []byte {
 	b = appendString(b, method)
 	b = appendString(b, host)
 	b = appendString(b, uri)
-	if len(req.Trailer) == 0 {
-		return appendFields(b, req.Header, nil)
+	h := req.Header
+	if len(req.Trailer) > 0 {
+		h = h.Clone()
+		keys := make([]string, 0, len(req.Trailer))
+		for k := range req.Trailer {
+			keys = append(keys, k)
+		}
+		h["Trailer"] = []string{strings.Join(keys, ",")}
 	}
-	h := req.Header.Clone()
-	keys := make([]string, 0, len(req.Trailer))
-	for k := range req.Trailer {
-		keys = append(keys, k)
-	}
-	h["Trailer"] = []string{strings.Join(keys, ",")}
-	return appendFields(b, h, nil)
+	b = appendFields(b, h, nil)
+	return b, headSizeError(b)
 }
 
 func decodeResponseHead(b []byte) (*http.Response, error) {

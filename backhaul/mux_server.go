@@ -79,6 +79,11 @@ type muxServerConn struct {
 	ctx context.Context // ends with the connection
 	wg  sync.WaitGroup  // the connection's handlers and keep-alive
 
+	// serving counts the requests admitted whose handler has not returned
+	// or whose answer is not all written. (A stream leaves the table
+	// before its last frame; see writeFrames.)
+	serving atomic.Int64
+
 	// Guarded by muxConn.mu.
 	lastID   uint32 // the highest stream id the client opened
 	draining bool   // GOAWAY sent: no new streams
@@ -107,13 +112,15 @@ func (m *muxServer) serveConn(nc net.Conn) {
 	binary.BigEndian.PutUint32(b[4:], maxStreams)
 	if sc.write(frame{typ: frameSettings, payload: b[:]}) == nil {
 		sc.wg.Go(sc.keepAlive)
-		err = sc.readFrames()
-		sc.fail(err)
-		if _, ok := errors.AsType[protocolError](err); ok {
+		sc.fail(sc.readFrames())
+		// The first failure, which a handler's goroutine may have
+		// found (a malformed request head) before the read loop did.
+		if err, ok := errors.AsType[protocolError](sc.ended()); ok {
 			m.srv.opts.Log.Warn("backhaul: peer broke the protocol", "addr", m.srv.addr, "peer", nc.RemoteAddr().String(), "error", err)
 		}
 	}
 	sc.fail(ErrClosed)
+	cancelConn() // every handler's request ends with the connection
 	sc.wg.Wait()
 }
 
@@ -152,7 +159,7 @@ func (m *muxServer) shutdown(ctx context.Context, ln net.Listener) error {
 	var err error
 wait:
 	for _, sc := range conns {
-		for sc.active() > 0 {
+		for sc.serving.Load() > 0 {
 			select {
 			case <-ctx.Done():
 				err = ctx.Err()
@@ -193,9 +200,6 @@ func (sc *muxServerConn) readFrames() error {
 		}
 		switch typ {
 		case frameHeaders:
-			if n > maxHead {
-				return protocolError("head of " + strconv.Itoa(n) + " bytes")
-			}
 			b, err := sc.payload(n)
 			if err != nil {
 				return err
@@ -247,9 +251,14 @@ func (sc *muxServerConn) headers(id uint32, b []byte, end bool) error {
 	}
 	st := newStream(sc.muxConn, id)
 	st.recvEnd = end
+	st.leave = true
 	sc.streams[id] = st
+	sc.serving.Add(1) // under mu: goAway then sees it
 	sc.mu.Unlock()
-	sc.wg.Go(func() { sc.serveStream(st, b, end) })
+	sc.wg.Go(func() {
+		defer sc.serving.Add(-1)
+		sc.serveStream(st, b, end)
+	})
 	return nil
 }
 
@@ -258,6 +267,10 @@ func (sc *muxServerConn) headers(id uint32, b []byte, end bool) error {
 func (sc *muxServerConn) serveStream(st *muxStream, head []byte, noBody bool) {
 	defer sc.remove(st)
 	req, err := decodeRequestHead(head)
+	if _, ok := err.(*requestURIError); ok { // the head is sound; its request is not
+		st.reset(codeProtocol, err)
+		return
+	}
 	if err != nil {
 		sc.fail(err)
 		return
@@ -266,7 +279,13 @@ func (sc *muxServerConn) serveStream(st *muxStream, head []byte, noBody bool) {
 	defer cancel()
 	st.mu.Lock()
 	st.cancel = cancel
+	// A reset, or the end of the connection, that came before the cancel
+	// was set had none to call.
+	aborted := st.sendErr != nil
 	st.mu.Unlock()
+	if aborted {
+		cancel()
+	}
 	req = req.WithContext(ctx)
 	req.RemoteAddr = sc.nc.RemoteAddr().String()
 	req.TLS = &sc.tls
@@ -305,7 +324,7 @@ func decodeRequestHead(b []byte) (*http.Request, error) {
 	}
 	u, err := url.ParseRequestURI(uri)
 	if err != nil {
-		return nil, protocolError(fmt.Sprintf("request URI %q: %v", uri, err))
+		return nil, &requestURIError{err}
 	}
 	req := &http.Request{
 		Method:        method,
@@ -321,6 +340,14 @@ func decodeRequestHead(b []byte) (*http.Request, error) {
 	req.Trailer = announcedTrailers(h)
 	return req, nil
 }
+
+// requestURIError is a well-formed head whose request URI does not parse:
+// a client can send one (url.URL.RequestURI of a relative or opaque URL is
+// not always a request URI), and only its stream fails.
+type requestURIError struct{ err error }
+
+func (e *requestURIError) Error() string { return "mux: request URI: " + e.err.Error() }
+func (e *requestURIError) Unwrap() error { return e.err }
 
 // serverBody is a request body. Closing it ends reads in progress too, as
 // net/http's do: a handler that copies the body in another goroutine stops
@@ -443,7 +470,12 @@ func (w *responseWriter) send(p []byte, end bool) error {
 	var fs [3]frame
 	n := 0
 	if !w.headSent {
-		fs[n] = frame{typ: frameHeaders, id: w.st.id, payload: w.encodeHead(end && len(p) == 0)}
+		head := w.encodeHead(end && len(p) == 0)
+		if err := headSizeError(head); err != nil {
+			w.st.reset(codeInternal, err)
+			return w.fail(err)
+		}
+		fs[n] = frame{typ: frameHeaders, id: w.st.id, payload: head}
 		if end && len(w.buf)+len(p) == 0 {
 			fs[n].flags = flagEnd
 		}
@@ -465,7 +497,7 @@ func (w *responseWriter) send(p []byte, end bool) error {
 			fs[n].flags = flagEnd
 		}
 		n++
-		if err := w.st.c.write(fs[:n]...); err != nil {
+		if err := w.st.writeFrames(fs[:n]...); err != nil {
 			return w.fail(&connError{err})
 		}
 		n = 0
@@ -477,7 +509,7 @@ func (w *responseWriter) send(p []byte, end bool) error {
 		w.buf = w.buf[:0]
 	}
 	if n > 0 {
-		if err := w.st.c.write(fs[:n]...); err != nil {
+		if err := w.st.writeFrames(fs[:n]...); err != nil {
 			return w.fail(&connError{err})
 		}
 	}
@@ -537,10 +569,14 @@ func (w *responseWriter) finish() error {
 	if len(t) == 0 {
 		return w.send(nil, true)
 	}
+	b := appendFields(nil, t, nil)
+	if err := headSizeError(b); err != nil {
+		return fmt.Errorf("trailers: %w", err) // the caller resets the stream
+	}
 	if err := w.send(nil, false); err != nil {
 		return err
 	}
-	return w.st.c.write(frame{typ: frameHeaders, flags: flagEnd, id: w.st.id, payload: appendFields(nil, t, nil)})
+	return w.st.writeFrames(frame{typ: frameHeaders, flags: flagEnd, id: w.st.id, payload: b})
 }
 
 // trailers collects the trailers the handler set: keys it announced in
