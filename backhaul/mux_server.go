@@ -76,8 +76,9 @@ type muxServerConn struct {
 	*muxConn
 	m   *muxServer
 	tls tls.ConnectionState
-	ctx context.Context // ends with the connection
-	wg  sync.WaitGroup  // the connection's handlers and keep-alive
+	ctx  context.Context // ends with the connection
+	wg   sync.WaitGroup  // the connection's workers and keep-alive
+	jobs chan streamJob  // new streams, to idle workers
 
 	// serving counts the requests admitted whose handler has not returned
 	// or whose answer is not all written. (A stream leaves the table
@@ -101,7 +102,7 @@ func (m *muxServer) serveConn(nc net.Conn) {
 	}
 	connCtx, cancelConn := context.WithCancel(context.Background())
 	defer cancelConn()
-	sc := &muxServerConn{muxConn: newMuxConn(tc, &m.srv.opts), m: m, tls: tc.ConnectionState(), ctx: connCtx}
+	sc := &muxServerConn{muxConn: newMuxConn(tc, &m.srv.opts), m: m, tls: tc.ConnectionState(), ctx: connCtx, jobs: make(chan streamJob)}
 	if !m.add(sc) {
 		tc.Close()
 		return
@@ -255,11 +256,44 @@ func (sc *muxServerConn) headers(id uint32, b []byte, end bool) error {
 	sc.streams[id] = st
 	sc.serving.Add(1) // under mu: goAway then sees it
 	sc.mu.Unlock()
-	sc.wg.Go(func() {
-		defer sc.serving.Add(-1)
-		sc.serveStream(st, b, end)
-	})
+	j := streamJob{st, b, end}
+	select {
+	case sc.jobs <- j: // an idle worker takes it
+	default:
+		sc.wg.Go(func() { sc.work(j) })
+	}
 	return nil
+}
+
+// streamJob is a stream for a worker to serve.
+type streamJob struct {
+	st     *muxStream
+	head   []byte
+	noBody bool
+}
+
+// workerIdle is how long a worker waits for another stream before it
+// ends.
+const workerIdle = 10 * time.Second
+
+// work serves j, then waits for more streams, up to workerIdle each time.
+// A worker that served a request keeps the stack the proxy's handler grew
+// it to; a goroutine per stream paid for growing it on every request.
+func (sc *muxServerConn) work(j streamJob) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		sc.serveStream(j.st, j.head, j.noBody)
+		sc.serving.Add(-1)
+		idle.Reset(workerIdle)
+		select {
+		case j = <-sc.jobs:
+		case <-idle.C:
+			return
+		case <-sc.done:
+			return
+		}
+	}
 }
 
 // serveStream runs the handler for one request; noBody: its head ended
