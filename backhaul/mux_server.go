@@ -74,8 +74,8 @@ func (m *muxServer) serve(ln net.Listener) error {
 // muxServerConn is the server end of one mux connection.
 type muxServerConn struct {
 	*muxConn
-	m   *muxServer
-	tls tls.ConnectionState
+	m    *muxServer
+	tls  tls.ConnectionState
 	ctx  context.Context // ends with the connection
 	wg   sync.WaitGroup  // the connection's workers and keep-alive
 	jobs chan streamJob  // new streams, to idle workers
