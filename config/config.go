@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -136,6 +137,7 @@ func (l *loader) config(r *reader) *Config {
 	l.regionCoords(r, &cfg)
 
 	l.proxy(r.table("proxy"), &cfg.Proxy)
+	l.autostart(r.table("autostart"), &cfg.Autostart)
 	cfg.Apps = l.apps(r.tables("app"))
 	cfg.Machines = l.machines(r.tables("machine"), cfg.Apps)
 	r.done()
@@ -351,6 +353,15 @@ func (l *loader) proxy(r *reader, p *Proxy) {
 	r.done()
 }
 
+func (l *loader) autostart(r *reader, a *Autostart) {
+	r.duration("stop_interval", &a.StopInterval, true)
+	r.duration("wake_timeout", &a.WakeTimeout, true)
+	r.integer("max_waiters", &a.MaxWaiters, 0, 1<<30)
+	r.duration("recent_stop", &a.RecentStop, false)
+	r.duration("drain_timeout", &a.DrainTimeout, false)
+	r.done()
+}
+
 // apps reads the [[app]] tables and checks that names and hosts are unique.
 func (l *loader) apps(rs []*reader) []App {
 	type claim struct {
@@ -403,7 +414,11 @@ func (l *loader) apps(rs []*reader) []App {
 		}
 
 		l.name(r, "org", &a.Org)
-		regionSet := l.name(r, "primary_region", &a.PrimaryRegion) != nil
+		own := ownKeys{
+			region:      l.name(r, "primary_region", &a.PrimaryRegion) != nil,
+			killSignal:  l.killSignal(r, &a.KillSignal) != nil,
+			killTimeout: l.killTimeout(r, &a.KillTimeout) != nil,
+		}
 
 		var flyToml string
 		flyV := r.str("fly_toml", &flyToml)
@@ -412,7 +427,7 @@ func (l *loader) apps(rs []*reader) []App {
 		case flyV != nil && svc.present():
 			r.errorf(svc.line, "http_service", "app has both fly_toml and [http_service]: keep one")
 		case flyV != nil:
-			l.importFlyToml(r, flyV, &a, regionSet)
+			l.importFlyToml(r, flyV, &a, own)
 		default:
 			l.httpService(svc, &a.HTTPService, false)
 		}
@@ -420,6 +435,73 @@ func (l *loader) apps(rs []*reader) []App {
 		apps = append(apps, a)
 	}
 	return apps
+}
+
+// killSignals are the values of kill_signal: the signals Fly accepts but
+// SIGSTOP, which pauses a process instead of stopping it.
+var killSignals = []string{"SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL"}
+
+// killSignal reads an app's (or a fly.toml's) kill_signal.
+func (l *loader) killSignal(r *reader, dst *string) *value {
+	var s string
+	v := r.str("kill_signal", &s)
+	switch {
+	case v == nil:
+		return nil
+	case slices.Contains(killSignals, s):
+		*dst = s
+		return v
+	case s == "SIGSTOP":
+		r.errorf(v.line, "kill_signal", "SIGSTOP pauses a process instead of stopping it: want %s", oneOf(killSignals))
+	default:
+		r.errorf(v.line, "kill_signal", "unknown value %q, want %s", s, oneOf(killSignals))
+	}
+	return nil
+}
+
+// killTimeout reads an app's (or a fly.toml's) kill_timeout. As in
+// fly.toml, and unlike godwit's other durations, an integer is a number of
+// seconds (kill_timeout = 5); a string is a duration ("5s", "1m30s").
+func (l *loader) killTimeout(r *reader, dst *time.Duration) *value {
+	const k = "kill_timeout"
+	v := r.lookup(k)
+	if v == nil {
+		return nil
+	}
+	var d time.Duration
+	switch v.kind {
+	case kindString:
+		var err error
+		if d, err = time.ParseDuration(v.str); err != nil {
+			r.errorf(v.line, k, "bad duration %q: want a number with a unit (\"5s\", \"1m\") or an integer of seconds", v.str)
+			return nil
+		}
+	case kindInteger:
+		if v.num < 0 {
+			r.errorf(v.line, k, "must not be negative, got %d", v.num)
+			return nil
+		}
+		if v.num > int64(MaxKillTimeout/time.Second) {
+			r.errorf(v.line, k, "must be at most %d seconds (Fly's maximum), got %d", int64(MaxKillTimeout/time.Second), v.num)
+			return nil
+		}
+		d = time.Duration(v.num) * time.Second
+	default:
+		r.wrongType(v, k, "a duration (an integer of seconds or a string such as \"30s\")")
+		return nil
+	}
+	switch {
+	case d < 0:
+		r.errorf(v.line, k, "must not be negative, got %s", d)
+	case d == 0:
+		r.errorf(v.line, k, "must be more than zero")
+	case d > MaxKillTimeout:
+		r.errorf(v.line, k, "must be at most %s (Fly's maximum), got %s", MaxKillTimeout, d)
+	default:
+		*dst = d
+		return v
+	}
+	return nil
 }
 
 // normalizeHost lower-cases a host name and rejects ports, URLs and
@@ -475,6 +557,8 @@ func (l *loader) httpService(r *reader, s *HTTPService, fly bool) {
 	}
 	r.boolean("auto_start_machines", &s.AutoStartMachines)
 	r.integer("min_machines_running", &s.MinMachinesRunning, 0, 1<<20)
+	r.enum("min_machines_running_scope", &s.MinMachinesRunningScope, MinMachinesScopePrimary, MinMachinesScopeRegion)
+	r.integer("autostop_max_per_pass", &s.AutostopMaxPerPass, 1, 1<<20)
 
 	c := r.table("concurrency")
 	c.enum("type", &s.Concurrency.Type, ConcurrencyConnections, ConcurrencyRequests)
@@ -645,24 +729,122 @@ func (l *loader) machines(rs []*reader, apps []App) []Machine {
 		}
 		r.enum("state", &m.State, StateStarted, StateStopped)
 
-		d := r.table("driver")
-		kindV := d.enum("kind", &m.Driver.Kind, DriverNone, DriverExec, DriverHTTP)
-		cmdV := d.strings("command", &m.Driver.Command)
-		switch {
-		case d.has("kind") && kindV == nil, d.has("command") && cmdV == nil:
-			// Already reported.
-		case m.Driver.Kind == DriverExec && cmdV == nil:
-			d.errorf(kindV.line, "command", "the exec driver needs a command")
-		case m.Driver.Kind == DriverExec && (len(m.Driver.Command) == 0 || m.Driver.Command[0] == ""):
-			d.errorf(cmdV.line, "command", "must name a program to run")
-		case m.Driver.Kind != DriverExec && cmdV != nil:
-			d.errorf(cmdV.line, "command", "only the exec driver runs a command, and driver.kind is %q", m.Driver.Kind)
-		}
-		d.done()
+		l.driver(r.table("driver"), &m)
 		r.done()
 		ms = append(ms, m)
 	}
 	return ms
+}
+
+// driver reads a machine's [machine.driver] table. A key of one kind set
+// for another kind is an error; with a kind that is itself wrong, only the
+// values are checked.
+func (l *loader) driver(d *reader, m *Machine) {
+	dr := &m.Driver
+	kindV := d.enum("kind", &dr.Kind, DriverNone, DriverExec, DriverHTTP)
+	kindOK := kindV != nil || !d.has("kind")
+	// misplaced reports v, set for a kind other than its own.
+	misplaced := func(v *value, k, kind, what string) bool {
+		if v == nil || !kindOK || dr.Kind == kind {
+			return false
+		}
+		d.errorf(v.line, k, "only the %s driver %s, and driver.kind is %q", kind, what, dr.Kind)
+		return true
+	}
+
+	// exec
+	cmdV := d.strings("command", &dr.Command)
+	switch {
+	case !kindOK, d.has("command") && cmdV == nil, misplaced(cmdV, "command", DriverExec, "runs a command"):
+		// Already reported.
+	case dr.Kind == DriverExec && cmdV == nil:
+		d.errorf(kindV.line, "command", "the exec driver needs a command")
+	case dr.Kind == DriverExec && (len(dr.Command) == 0 || dr.Command[0] == ""):
+		d.errorf(cmdV.line, "command", "must name a program to run")
+	}
+	if envV := d.stringMap("env", &dr.Env); envV != nil && !misplaced(envV, "env", DriverExec, "takes env") {
+		for _, k := range envV.tab.keys {
+			line := envV.tab.get(k).line
+			if err := checkEnvName(k); err != nil {
+				d.errorf(line, "env."+k, "%v", err)
+			} else if strings.IndexByte(dr.Env[k], 0) >= 0 {
+				d.errorf(line, "env."+k, "must not contain a NUL byte")
+			}
+		}
+	}
+
+	// http
+	urlV := d.str("url", &dr.URL)
+	switch {
+	case misplaced(urlV, "url", DriverHTTP, "takes a url"):
+	case urlV != nil:
+		u, err := checkAPIURL(dr.URL)
+		if err != nil {
+			d.errorf(urlV.line, "url", "%v", err)
+		}
+		dr.URL = u
+	case kindOK && dr.Kind == DriverHTTP && !d.has("url"):
+		d.errorf(kindV.line, "url", "the http driver needs a url: the Machines API's, such as \"https://api.machines.dev\"")
+	}
+	appV := l.name(d, "app", &dr.App)
+	misplaced(appV, "app", DriverHTTP, "takes an app")
+	fileV := d.str("token_file", &dr.TokenFile)
+	if !misplaced(fileV, "token_file", DriverHTTP, "takes a token_file") && fileV != nil {
+		if dr.TokenFile == "" {
+			d.errorf(fileV.line, "token_file", "must not be empty")
+		}
+		dr.TokenFile = l.path(dr.TokenFile)
+	}
+	envNameV := d.str("token_env", &dr.TokenEnv)
+	if !misplaced(envNameV, "token_env", DriverHTTP, "takes a token_env") && envNameV != nil {
+		if err := checkEnvName(dr.TokenEnv); err != nil {
+			d.errorf(envNameV.line, "token_env", "%v", err)
+		}
+		if fileV != nil {
+			d.errorf(envNameV.line, "token_env", "set token_file (line %d) or token_env, not both", fileV.line)
+		}
+	}
+	if dr.Kind == DriverHTTP {
+		if dr.App == "" {
+			dr.App = m.App
+		}
+		if dr.TokenFile == "" && dr.TokenEnv == "" {
+			dr.TokenEnv = DefaultTokenEnv
+		}
+	}
+	d.done()
+}
+
+// checkEnvName checks the name of an environment variable.
+func checkEnvName(s string) error {
+	if s == "" {
+		return fmt.Errorf("an environment variable needs a name")
+	}
+	if strings.ContainsAny(s, "=\x00") {
+		return fmt.Errorf("%q: an environment variable's name has no '=' or NUL", s)
+	}
+	return nil
+}
+
+// checkAPIURL checks the base URL of a Machines API and returns it without
+// a trailing slash.
+func checkAPIURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return s, fmt.Errorf("bad URL %q", s)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return s, fmt.Errorf("%q: want an http:// or https:// URL, such as \"https://api.machines.dev\"", s)
+	case u.Host == "":
+		return s, fmt.Errorf("%q: want a host", s)
+	case u.User != nil:
+		return s, fmt.Errorf("%q: put the token in token_file or token_env, not in the URL", u.Redacted())
+	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return s, fmt.Errorf("%q: want a base URL, without a query or fragment", s)
+	case strings.HasSuffix(strings.TrimRight(u.Path, "/"), "/v1"):
+		return s, fmt.Errorf("%q: want the base URL, without /v1 (godwit adds /v1/apps/...)", s)
+	}
+	return strings.TrimRight(s, "/"), nil
 }
 
 func hasApp(apps []App, name string) bool {

@@ -69,17 +69,28 @@ replay_body_limit = 2097152
 replay_cache_entries = 0
 drain_timeout = "1m"
 
+[autostart]
+stop_interval = "15s"
+wake_timeout = 5000
+max_waiters = 0
+recent_stop = "0s"
+drain_timeout = "2s"
+
 [[app]]
 name = "web"
 hosts = ["Web.Example.COM", "www.example.com"]
 org = "acme"
 primary_region = "fra"
+kill_signal = "SIGTERM"
+kill_timeout = 30
   [app.http_service]
   internal_port = 8080
   force_https = true
   auto_stop_machines = "suspend"
   auto_start_machines = false
   min_machines_running = 2
+  min_machines_running_scope = "region"
+  autostop_max_per_pass = 4
     [app.http_service.concurrency]
     type = "requests"
     soft_limit = 50
@@ -122,6 +133,7 @@ primary_region = "fra"
 [[app]]
 name = "api"
 hosts = ["api.example.com"]
+kill_timeout = "1m30s"
 http_service = { auto_stop_machines = true, concurrency = { hard_limit = 30 }, http_options = { replay_cache = [
   { path_prefix = "/graphql/", ttl_seconds = 60, type = "header", name = "Authorization", allow_bypass = false },
 ] } }
@@ -135,6 +147,7 @@ state = "stopped"
   [machine.driver]
   kind = "exec"
   command = ["./web", "--port", "8080"]
+  env = { RAILS_ENV = "production", EMPTY = "" }
 
 [[machine]]
 id = "m-ams-1"
@@ -142,6 +155,18 @@ app = "api"
 address = "[fd00::1]:8080"
   [machine.driver]
   kind = "http"
+  url = "https://api.machines.dev/"
+  app = "api-prod"
+  token_file = "fly.token"
+
+[[machine]]
+id = "m-ams-2"
+app = "api"
+address = "[fd00::2]:8080"
+  [machine.driver]
+  kind = "http"
+  url = "http://orchestrator.internal:4280/fly"
+  token_env = "ORCH_TOKEN"
 `
 
 func TestParseEveryKey(t *testing.T) {
@@ -174,19 +199,24 @@ func TestParseEveryKey(t *testing.T) {
 			ReplayCacheEntries:  0,
 			DrainTimeout:        time.Minute,
 		},
+		Autostart: Autostart{StopInterval: 15 * time.Second, WakeTimeout: 5 * time.Second, MaxWaiters: 0, RecentStop: 0, DrainTimeout: 2 * time.Second},
 		Apps: []App{
 			{
 				Name:          "web",
 				Hosts:         []string{"web.example.com", "www.example.com"},
 				Org:           "acme",
 				PrimaryRegion: "fra",
+				KillSignal:    "SIGTERM",
+				KillTimeout:   30 * time.Second,
 				HTTPService: HTTPService{
-					InternalPort:       8080,
-					ForceHTTPS:         true,
-					AutoStopMachines:   AutoStopSuspend,
-					AutoStartMachines:  false,
-					MinMachinesRunning: 2,
-					Concurrency:        Concurrency{Type: ConcurrencyRequests, SoftLimit: 50, HardLimit: 60},
+					InternalPort:            8080,
+					ForceHTTPS:              true,
+					AutoStopMachines:        AutoStopSuspend,
+					AutoStartMachines:       false,
+					MinMachinesRunning:      2,
+					MinMachinesRunningScope: MinMachinesScopeRegion,
+					AutostopMaxPerPass:      4,
+					Concurrency:             Concurrency{Type: ConcurrencyRequests, SoftLimit: 50, HardLimit: 60},
 					Checks: []Check{
 						{
 							GracePeriod:   5 * time.Second,
@@ -215,10 +245,14 @@ func TestParseEveryKey(t *testing.T) {
 				Hosts:         []string{"api.example.com"},
 				Org:           "personal",
 				PrimaryRegion: "ams",
+				KillSignal:    "SIGINT",
+				KillTimeout:   90 * time.Second,
 				HTTPService: HTTPService{
-					AutoStopMachines:  AutoStopStop,
-					AutoStartMachines: true,
-					Concurrency:       Concurrency{Type: ConcurrencyConnections, SoftLimit: 20, HardLimit: 30},
+					AutoStopMachines:        AutoStopStop,
+					AutoStartMachines:       true,
+					MinMachinesRunningScope: MinMachinesScopePrimary,
+					AutostopMaxPerPass:      1,
+					Concurrency:             Concurrency{Type: ConcurrencyConnections, SoftLimit: 20, HardLimit: 30},
 					ReplayCache: []ReplayCacheRule{
 						{PathPrefix: "/graphql/", Pattern: replay.Pattern{Path: "/graphql"}, TTL: time.Minute, Type: ReplayCacheHeader, Name: "Authorization"},
 					},
@@ -227,9 +261,11 @@ func TestParseEveryKey(t *testing.T) {
 		},
 		Machines: []Machine{
 			{ID: "m-fra-1", App: "web", Region: "fra", Address: "10.0.1.1:8080", State: StateStopped,
-				Driver: Driver{Kind: DriverExec, Command: []string{"./web", "--port", "8080"}}},
+				Driver: Driver{Kind: DriverExec, Command: []string{"./web", "--port", "8080"}, Env: map[string]string{"RAILS_ENV": "production", "EMPTY": ""}}},
 			{ID: "m-ams-1", App: "api", Region: "ams", Address: "[fd00::1]:8080", State: StateStarted,
-				Driver: Driver{Kind: DriverHTTP}},
+				Driver: Driver{Kind: DriverHTTP, URL: "https://api.machines.dev", App: "api-prod", TokenFile: "/etc/godwit/fly.token"}},
+			{ID: "m-ams-2", App: "api", Region: "ams", Address: "[fd00::2]:8080", State: StateStarted,
+				Driver: Driver{Kind: DriverHTTP, URL: "http://orchestrator.internal:4280/fly", App: "api", TokenEnv: "ORCH_TOKEN"}},
 		},
 	}
 	compareConfig(t, got, want)
@@ -265,9 +301,11 @@ func TestDefaults(t *testing.T) {
 	appCheck := Check{Interval: 15 * time.Second, Timeout: 2 * time.Second, Method: "GET", Path: "/", Protocol: "http"}
 	tcpCheck := Check{Interval: 15 * time.Second, Timeout: 2 * time.Second}
 	flyService := HTTPService{
-		AutoStopMachines:  "off",
-		AutoStartMachines: true,
-		Concurrency:       Concurrency{Type: "connections", SoftLimit: 20, HardLimit: 0},
+		AutoStopMachines:        "off",
+		AutoStartMachines:       true,
+		MinMachinesRunningScope: "primary",
+		AutostopMaxPerPass:      1,
+		Concurrency:             Concurrency{Type: "connections", SoftLimit: 20, HardLimit: 0},
 	}
 	base := Config{
 		Path:     "d.toml",
@@ -289,6 +327,17 @@ func TestDefaults(t *testing.T) {
 			ReplayCacheEntries:  10000,
 			DrainTimeout:        30 * time.Second,
 		},
+		Autostart: Autostart{
+			StopInterval: 60 * time.Second,
+			WakeTimeout:  30 * time.Second,
+			MaxWaiters:   1024,
+			RecentStop:   5 * time.Minute,
+			DrainTimeout: 10 * time.Second,
+		},
+	}
+	app := func(name, host, region string, svc HTTPService) App {
+		return App{Name: name, Hosts: []string{host}, Org: "personal", PrimaryRegion: region,
+			KillSignal: "SIGINT", KillTimeout: 5 * time.Second, HTTPService: svc}
 	}
 	with := func(f func(c *Config)) *Config {
 		c := base
@@ -302,7 +351,7 @@ func TestDefaults(t *testing.T) {
 	}{
 		{"empty file", "", &base},
 		{"comments only", "# nothing\n\n", &base},
-		{"empty tables", "[node]\n[listen]\n[tls]\n[log]\n[admin]\n[gossip]\n[backhaul]\n[proxy]\n", &base},
+		{"empty tables", "[node]\n[listen]\n[tls]\n[log]\n[admin]\n[gossip]\n[backhaul]\n[proxy]\n[autostart]\n", &base},
 		{
 			"app and machine follow node region",
 			`
@@ -318,7 +367,7 @@ address = "127.0.0.1:3000"
 `,
 			with(func(c *Config) {
 				c.Node.Region = "iad"
-				c.Apps = []App{{Name: "web", Hosts: []string{"web.example.com"}, Org: "personal", PrimaryRegion: "iad", HTTPService: flyService}}
+				c.Apps = []App{app("web", "web.example.com", "iad", flyService)}
 				c.Machines = []Machine{{ID: "m1", App: "web", Region: "iad", Address: "127.0.0.1:3000", State: "started", Driver: Driver{Kind: "none"}}}
 			}),
 		},
@@ -337,7 +386,7 @@ hosts = ["web.example.com"]
 				svc := flyService
 				svc.Checks = []Check{appCheck}
 				svc.TCPChecks = []Check{tcpCheck}
-				c.Apps = []App{{Name: "web", Hosts: []string{"web.example.com"}, Org: "personal", PrimaryRegion: "local", HTTPService: svc}}
+				c.Apps = []App{app("web", "web.example.com", "local", svc)}
 			}),
 		},
 		{
@@ -348,7 +397,7 @@ hosts = ["web.example.com"]
 				c.Proxy.ReplayCacheEntries = 0
 				svc := flyService
 				svc.ReplayCache = []ReplayCacheRule{{PathPrefix: "a.example/", Pattern: replay.Pattern{Host: "a.example"}, TTL: 10 * time.Second, Type: "header", Name: "x-sid"}}
-				c.Apps = []App{{Name: "a", Hosts: []string{"a"}, Org: "personal", PrimaryRegion: "local", HTTPService: svc}}
+				c.Apps = []App{app("a", "a", "local", svc)}
 			}),
 		},
 		{
@@ -362,14 +411,34 @@ hosts = ["web.example.com"]
 			with(func(c *Config) {
 				svc := flyService
 				svc.Concurrency.SoftLimit = 100
-				c.Apps = []App{{Name: "a", Hosts: []string{"a"}, Org: "personal", PrimaryRegion: "local", HTTPService: svc}}
+				c.Apps = []App{app("a", "a", "local", svc)}
+			}),
+		},
+		{
+			"http driver follows the machine's app and FLY_API_TOKEN",
+			"[[app]]\nname = \"a\"\nhosts = [\"a\"]\n[[machine]]\nid = \"m1\"\napp = \"a\"\naddress = \"127.0.0.1:1\"\n" +
+				"driver = { kind = \"http\", url = \"https://api.machines.dev\" }\n",
+			with(func(c *Config) {
+				c.Apps = []App{app("a", "a", "local", flyService)}
+				c.Machines = []Machine{{ID: "m1", App: "a", Region: "local", Address: "127.0.0.1:1", State: "started",
+					Driver: Driver{Kind: "http", URL: "https://api.machines.dev", App: "a", TokenEnv: "FLY_API_TOKEN"}}}
+			}),
+		},
+		{
+			"http driver with a token file has no token env",
+			"[[app]]\nname = \"a\"\nhosts = [\"a\"]\n[[machine]]\nid = \"m1\"\napp = \"a\"\naddress = \"127.0.0.1:1\"\n" +
+				"driver = { kind = \"http\", url = \"https://api.machines.dev\", token_file = \"/run/token\" }\n",
+			with(func(c *Config) {
+				c.Apps = []App{app("a", "a", "local", flyService)}
+				c.Machines = []Machine{{ID: "m1", App: "a", Region: "local", Address: "127.0.0.1:1", State: "started",
+					Driver: Driver{Kind: "http", URL: "https://api.machines.dev", App: "a", TokenFile: "/run/token"}}}
 			}),
 		},
 		{
 			"auto_stop_machines false",
 			"[[app]]\nname = \"a\"\nhosts = [\"a\"]\n[app.http_service]\nauto_stop_machines = false\n",
 			with(func(c *Config) {
-				c.Apps = []App{{Name: "a", Hosts: []string{"a"}, Org: "personal", PrimaryRegion: "local", HTTPService: flyService}}
+				c.Apps = []App{app("a", "a", "local", flyService)}
 			}),
 		},
 	}
@@ -520,7 +589,7 @@ func TestLoadExample(t *testing.T) {
 	if got, want := len(cfg.Apps), 2; got != want {
 		t.Errorf("apps: got %d, want %d", got, want)
 	}
-	if got, want := len(cfg.Machines), 3; got != want {
+	if got, want := len(cfg.Machines), 4; got != want {
 		t.Errorf("machines: got %d, want %d", got, want)
 	}
 	if got, want := cfg.Node.Region, "iad"; got != want {

@@ -54,13 +54,24 @@ func defaults(hostname string) defaultSet {
 				ReplayCacheEntries:  10000,
 				DrainTimeout:        30 * time.Second,
 			},
+			Autostart: Autostart{
+				StopInterval: 60 * time.Second,
+				WakeTimeout:  30 * time.Second,
+				MaxWaiters:   1024,
+				RecentStop:   5 * time.Minute, // Fly's PM11 window
+				DrainTimeout: 10 * time.Second,
+			},
 		},
 		App: App{
-			Org: "personal",
+			Org:         "personal",
+			KillSignal:  "SIGINT",        // Fly's
+			KillTimeout: 5 * time.Second, // Fly's
 			HTTPService: HTTPService{ // Fly's defaults for [http_service]
-				AutoStopMachines:   AutoStopOff,
-				AutoStartMachines:  true,
-				MinMachinesRunning: 0,
+				AutoStopMachines:        AutoStopOff,
+				AutoStartMachines:       true,
+				MinMachinesRunning:      0,
+				MinMachinesRunningScope: MinMachinesScopePrimary, // Fly's rule
+				AutostopMaxPerPass:      1,                       // Fly's rule
 				Concurrency: Concurrency{
 					Type:      ConcurrencyConnections,
 					SoftLimit: 20,
@@ -84,6 +95,9 @@ func defaults(hostname string) defaultSet {
 		Machine: Machine{
 			State:  StateStarted,
 			Driver: Driver{Kind: DriverNone},
+			// For the http driver, App follows the machine's app and
+			// TokenEnv is DefaultTokenEnv unless token_file is set (see
+			// loader.driver).
 		},
 		ReplayCache: ReplayCacheRule{
 			AllowBypass: false, // every other key is required

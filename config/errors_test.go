@@ -48,6 +48,10 @@ func rule(pathPrefix, ttl, typ, name string) string {
 	return replayRule + "path_prefix = " + pathPrefix + "\nttl_seconds = " + ttl + "\ntype = " + typ + "\nname = " + name + "\n"
 }
 
+// machineDriver is minimalApp with a machine whose [machine.driver] header
+// is on line 8: its keys start on line 9.
+const machineDriver = minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\n"
+
 // rk is the key of the first replay_cache rule's k.
 func rk(k string) string { return "app[0].http_service.http_options.replay_cache[0]." + k }
 
@@ -168,6 +172,56 @@ func TestErrors(t *testing.T) {
 		{"exec without command", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\nkind = \"exec\"\n", []wantErr{{9, "machine[0].driver.command", "needs a command"}}},
 		{"exec with empty command", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\nkind = \"exec\"\ncommand = []\n", []wantErr{{10, "machine[0].driver.command", "must name a program"}}},
 		{"command without exec", minimalApp + "[[machine]]\nid = \"m1\"\napp = \"web\"\naddress = \"127.0.0.1:1\"\n[machine.driver]\ncommand = [\"./app\"]\n", []wantErr{{9, "machine[0].driver.command", `driver.kind is "none"`}}},
+
+		{"http without url", machineDriver + "kind = \"http\"\n", []wantErr{{9, "machine[0].driver.url", "the http driver needs a url"}}},
+		{"url not http", machineDriver + "kind = \"http\"\nurl = \"ftp://api.example\"\n", []wantErr{{10, "machine[0].driver.url", "want an http:// or https:// URL"}}},
+		{"url without host", machineDriver + "kind = \"http\"\nurl = \"https:///v1\"\n", []wantErr{{10, "machine[0].driver.url", "want a host"}}},
+		{"url with query", machineDriver + "kind = \"http\"\nurl = \"https://api.example/?app=x\"\n", []wantErr{{10, "machine[0].driver.url", "without a query"}}},
+		{"url with /v1", machineDriver + "kind = \"http\"\nurl = \"https://api.machines.dev/v1/\"\n", []wantErr{{10, "machine[0].driver.url", "without /v1"}}},
+		{"url with credentials", machineDriver + "kind = \"http\"\nurl = \"https://me:secret@api.example\"\n", []wantErr{{10, "machine[0].driver.url", `"https://me:xxxxx@api.example": put the token in token_file`}}},
+		{"url unparsable", machineDriver + "kind = \"http\"\nurl = \"http://[::1\"\n", []wantErr{{10, "machine[0].driver.url", "bad URL"}}},
+		{"url not a string", machineDriver + "kind = \"http\"\nurl = 80\n", []wantErr{{10, "machine[0].driver.url", "must be a string"}}},
+		{"bad api app", machineDriver + "kind = \"http\"\nurl = \"https://api.example\"\napp = \"my app\"\n", []wantErr{{11, "machine[0].driver.app", "want letters"}}},
+		{"token_file and token_env", machineDriver + "kind = \"http\"\nurl = \"https://api.example\"\ntoken_file = \"t\"\ntoken_env = \"T\"\n",
+			[]wantErr{{12, "machine[0].driver.token_env", "set token_file (line 11) or token_env, not both"}}},
+		{"empty token_file", machineDriver + "kind = \"http\"\nurl = \"https://api.example\"\ntoken_file = \"\"\n", []wantErr{{11, "machine[0].driver.token_file", "must not be empty"}}},
+		{"bad token_env", machineDriver + "kind = \"http\"\nurl = \"https://api.example\"\ntoken_env = \"A=B\"\n", []wantErr{{11, "machine[0].driver.token_env", "no '='"}}},
+		{"http keys on exec", machineDriver + "kind = \"exec\"\ncommand = [\"./app\"]\nurl = \"https://api.example\"\napp = \"web\"\ntoken_env = \"T\"\n", []wantErr{
+			{11, "machine[0].driver.url", `only the http driver takes a url, and driver.kind is "exec"`},
+			{12, "machine[0].driver.app", "only the http driver takes an app"},
+			{13, "machine[0].driver.token_env", "only the http driver takes a token_env"}}},
+		{"token_file without kind", machineDriver + "token_file = \"t\"\n", []wantErr{{9, "machine[0].driver.token_file", `only the http driver takes a token_file, and driver.kind is "none"`}}},
+		{"env on http", machineDriver + "kind = \"http\"\nurl = \"https://api.example\"\nenv = { A = \"1\" }\n", []wantErr{{11, "machine[0].driver.env", `only the exec driver takes env, and driver.kind is "http"`}}},
+		{"env name with =", machineDriver + "kind = \"exec\"\ncommand = [\"./app\"]\n[machine.driver.env]\nOK = \"1\"\n\"A=B\" = \"2\"\n", []wantErr{{13, "machine[0].driver.env.A=B", "no '='"}}},
+		{"env value not a string", machineDriver + "kind = \"exec\"\ncommand = [\"./app\"]\nenv = { PORT = 8080 }\n", []wantErr{{11, "machine[0].driver.env.PORT", "must be a string, not an integer"}}},
+		{"env value with NUL", machineDriver + "kind = \"exec\"\ncommand = [\"./app\"]\nenv = { A = \"x\\u0000y\" }\n", []wantErr{{11, "machine[0].driver.env.A", "NUL"}}},
+		{"bad kind hides misplaced keys", machineDriver + "kind = \"docker\"\nurl = \"https://api.example\"\ncommand = [\"x\"]\n", []wantErr{{9, "machine[0].driver.kind", "unknown value"}}},
+		{"unknown driver key", machineDriver + "kind = \"http\"\nurl = \"https://api.example\"\ntoken = \"secret\"\n", []wantErr{{11, "machine[0].driver.token", `unknown key "token"`}}},
+
+		// Autostart.
+		{"zero stop_interval", "[autostart]\nstop_interval = 0\n", []wantErr{{2, "autostart.stop_interval", "more than zero"}}},
+		{"zero wake_timeout", "[autostart]\nwake_timeout = \"0s\"\n", []wantErr{{2, "autostart.wake_timeout", "more than zero"}}},
+		{"negative max_waiters", "[autostart]\nmax_waiters = -1\n", []wantErr{{2, "autostart.max_waiters", "must not be negative"}}},
+		{"bad recent_stop", "[autostart]\nrecent_stop = \"5 minutes\"\n", []wantErr{{2, "autostart.recent_stop", "bad duration"}}},
+		{"negative drain_timeout", "[autostart]\n\ndrain_timeout = \"-1s\"\n", []wantErr{{3, "autostart.drain_timeout", "must not be negative"}}},
+		{"unknown autostart key", "[autostart]\nstop_intervall = \"1m\"\n", []wantErr{{2, "autostart.stop_intervall", `did you mean "stop_interval"?`}}},
+		{"autostart not a table", "autostart = true\n", []wantErr{{1, "autostart", "must be a table"}}},
+		{"min scope", minimalApp + "[app.http_service]\nmin_machines_running_scope = \"global\"\n", []wantErr{{5, "app[0].http_service.min_machines_running_scope", `unknown value "global", want "primary" or "region"`}}},
+		{"zero per pass", minimalApp + "[app.http_service]\nautostop_max_per_pass = 0\n", []wantErr{{5, "app[0].http_service.autostop_max_per_pass", "must be at least 1, got 0"}}},
+
+		// Kill signal and timeout.
+		{"SIGSTOP", minimalApp + "kill_signal = \"SIGSTOP\"\n", []wantErr{{4, "app[0].kill_signal", `SIGSTOP pauses a process instead of stopping it: want "SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2" or "SIGKILL"`}}},
+		{"lower-case signal", minimalApp + "kill_signal = \"sigterm\"\n", []wantErr{{4, "app[0].kill_signal", `unknown value "sigterm"`}}},
+		{"signal number", minimalApp + "kill_signal = 15\n", []wantErr{{4, "app[0].kill_signal", "must be a string, not an integer"}}},
+		{"zero kill_timeout", minimalApp + "kill_timeout = 0\n", []wantErr{{4, "app[0].kill_timeout", "must be more than zero"}}},
+		{"negative kill_timeout", minimalApp + "kill_timeout = -5\n", []wantErr{{4, "app[0].kill_timeout", "must not be negative, got -5"}}},
+		{"most negative kill_timeout", minimalApp + "kill_timeout = -9223372036854775808\n", []wantErr{{4, "app[0].kill_timeout", "must not be negative"}}},
+		{"negative kill_timeout string", minimalApp + "kill_timeout = \"-1s\"\n", []wantErr{{4, "app[0].kill_timeout", "must not be negative, got -1s"}}},
+		{"kill_timeout over 300", minimalApp + "kill_timeout = 301\n", []wantErr{{4, "app[0].kill_timeout", "at most 300 seconds (Fly's maximum), got 301"}}},
+		{"huge kill_timeout", minimalApp + "kill_timeout = 9223372036854775807\n", []wantErr{{4, "app[0].kill_timeout", "at most 300 seconds"}}},
+		{"kill_timeout string over 5m", minimalApp + "kill_timeout = \"5m1s\"\n", []wantErr{{4, "app[0].kill_timeout", "at most 5m0s"}}},
+		{"kill_timeout without unit", minimalApp + "kill_timeout = \"30\"\n", []wantErr{{4, "app[0].kill_timeout", "or an integer of seconds"}}},
+		{"kill_timeout float", minimalApp + "kill_timeout = 1.5\n", []wantErr{{4, "app[0].kill_timeout", "must be a duration (an integer of seconds"}}},
 
 		// Replay cache.
 		{"negative replay_cache_entries", "[proxy]\nreplay_cache_entries = -1\n", []wantErr{{2, "proxy.replay_cache_entries", "must not be negative"}}},

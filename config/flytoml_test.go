@@ -13,6 +13,8 @@ import (
 // A fly.toml as `fly launch` writes it, plus checks and http_options.
 const flyToml = `app = 'web-prod'
 primary_region = 'ord'
+kill_signal = 'SIGTERM'
+kill_timeout = 10
 
 [build]
   image = 'registry.fly.io/web:latest'
@@ -102,26 +104,35 @@ fly_toml = "../apps/web/fly.toml"
 name = "own-region"
 hosts = ["own.example.com"]
 primary_region = "lhr"
+kill_timeout = "2s"
 fly_toml = "../apps/web/fly.toml"
 [[app]]
 name = "no-service"
 hosts = ["bare.example.com"]
 fly_toml = "../apps/bare/fly.toml"
+[[app]]
+name = "string-timeout"
+hosts = ["slow.example.com"]
+kill_signal = "SIGUSR1"
+fly_toml = "../apps/slow/fly.toml"
 `,
 		"apps/web/fly.toml":  flyToml,
 		"apps/bare/fly.toml": "app = 'bare'\n[[services]]\ninternal_port = 80\n",
+		"apps/slow/fly.toml": "kill_signal = 'SIGQUIT'\nkill_timeout = '2m30s'\n[http_service]\nmin_machines_running_scope = 'region'\nautostop_max_per_pass = 3\n",
 	})
 	cfg, err := Load(filepath.Join(dir, "etc/godwit.toml"))
 	if err != nil {
 		t.Fatalf("Load: got error\n%v\nwant none", err)
 	}
 	wantSvc := HTTPService{
-		InternalPort:       8080,
-		ForceHTTPS:         true,
-		AutoStopMachines:   AutoStopStop,
-		AutoStartMachines:  true,
-		MinMachinesRunning: 1,
-		Concurrency:        Concurrency{Type: ConcurrencyRequests, SoftLimit: 100, HardLimit: 150},
+		InternalPort:            8080,
+		ForceHTTPS:              true,
+		AutoStopMachines:        AutoStopStop,
+		AutoStartMachines:       true,
+		MinMachinesRunning:      1,
+		MinMachinesRunningScope: MinMachinesScopePrimary,
+		AutostopMaxPerPass:      1,
+		Concurrency:             Concurrency{Type: ConcurrencyRequests, SoftLimit: 100, HardLimit: 150},
 		Checks: []Check{{
 			GracePeriod: 10 * time.Second,
 			Interval:    30 * time.Second,
@@ -137,23 +148,34 @@ fly_toml = "../apps/bare/fly.toml"
 		},
 	}
 	defaultSvc := HTTPService{
-		AutoStopMachines:  AutoStopOff,
-		AutoStartMachines: true,
-		Concurrency:       Concurrency{Type: ConcurrencyConnections, SoftLimit: 20},
+		AutoStopMachines:        AutoStopOff,
+		AutoStartMachines:       true,
+		MinMachinesRunningScope: MinMachinesScopePrimary,
+		AutostopMaxPerPass:      1,
+		Concurrency:             Concurrency{Type: ConcurrencyConnections, SoftLimit: 20},
 	}
+	regionSvc := defaultSvc
+	regionSvc.MinMachinesRunningScope = MinMachinesScopeRegion
+	regionSvc.AutostopMaxPerPass = 3
 	tests := []struct {
 		app        int
 		wantRegion string
+		wantSignal string
+		wantKill   time.Duration
 		wantSvc    HTTPService
 	}{
-		{0, "ord", wantSvc},    // primary_region from the fly.toml
-		{1, "lhr", wantSvc},    // the app's own primary_region wins
-		{2, "iad", defaultSvc}, // no [http_service]: Fly's defaults
+		{0, "ord", "SIGTERM", 10 * time.Second, wantSvc},    // primary_region, kill_* from the fly.toml; kill_timeout in seconds
+		{1, "lhr", "SIGTERM", 2 * time.Second, wantSvc},     // the app's own primary_region and kill_timeout win
+		{2, "iad", "SIGINT", 5 * time.Second, defaultSvc},   // no [http_service], no kill_*: Fly's defaults
+		{3, "iad", "SIGUSR1", 150 * time.Second, regionSvc}, // a duration string; the app's own kill_signal wins
 	}
 	for _, tt := range tests {
 		a := cfg.Apps[tt.app]
 		if a.PrimaryRegion != tt.wantRegion {
 			t.Errorf("app %s: primary_region: got %q, want %q", a.Name, a.PrimaryRegion, tt.wantRegion)
+		}
+		if a.KillSignal != tt.wantSignal || a.KillTimeout != tt.wantKill {
+			t.Errorf("app %s: kill_signal, kill_timeout: got %q, %v, want %q, %v", a.Name, a.KillSignal, a.KillTimeout, tt.wantSignal, tt.wantKill)
 		}
 		if !reflect.DeepEqual(a.HTTPService, tt.wantSvc) {
 			t.Errorf("app %s: http_service:\ngot  %+v\nwant %+v", a.Name, a.HTTPService, tt.wantSvc)
@@ -200,6 +222,26 @@ func TestFlyTomlErrors(t *testing.T) {
 				{6, "http_service.force_htps", `did you mean "force_https"?`},
 				{9, "http_service.concurrency.hard_limit", "below soft_limit 10 (line 8)"},
 				{11, "http_service.checks[0].interval", "bad duration"},
+			},
+		},
+		{
+			name:     "bad kill_* in fly.toml",
+			godwit:   "[[app]]\nname = \"web\"\nhosts = [\"w\"]\nfly_toml = \"fly.toml\"\n",
+			fly:      "app = 'web'\nkill_signal = 'SIGSTOP'\nkill_timeout = 301\n",
+			wantFile: "fly",
+			want: []wantErr{
+				{2, "kill_signal", "SIGSTOP pauses a process"},
+				{3, "kill_timeout", "at most 300 seconds"},
+			},
+		},
+		{
+			name:     "app's own kill_* hide the fly.toml's",
+			godwit:   "[[app]]\nname = \"web\"\nhosts = [\"w\"]\nfly_toml = \"fly.toml\"\nkill_signal = \"SIGHUP\"\nkill_timeout = \"10m\"\n",
+			fly:      "kill_signal = 'SIGINT'\nkill_timeout = 5\n",
+			wantFile: "godwit",
+			want: []wantErr{
+				{5, "app[0].kill_signal", `unknown value "SIGHUP"`},
+				{6, "app[0].kill_timeout", "at most 5m0s"},
 			},
 		},
 		{

@@ -24,6 +24,8 @@ func FuzzParse(f *testing.F) {
 		"[[machine]]\nid = \"m\"\napp = \"x\"\ndriver = {kind = \"exec\", command = [[\"a\"]]}\n",
 		"a.b.c = 1\n[a.b.d]\n[[x.y]]\n[[x.y.z]]\n[x.y.z.w]\n",
 		"[proxy]\nidle_timeout = 9223372036854775807\nmax_queue = -9223372036854775808\n",
+		minimalApp + "kill_signal = \"SIGSTOP\"\nkill_timeout = -9223372036854775808\n[autostart]\nstop_interval = 1\n" +
+			"[[machine]]\nid = \"m\"\napp = \"web\"\naddress = \"a:1\"\ndriver = {kind = \"http\", url = \"http://[::1\", token_env = \"\", env = {A = 1}}\n",
 		replayRule + "path_prefix = \"a.example/x/*\"\nttl_seconds = 10\ntype = \"header\"\nname = \"fly-x\"\n" +
 			"[[app.http_service.http_options.replay_cache]]\npath_prefix = \"/x\"\nallow_bypass = 1\n",
 	} {

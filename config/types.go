@@ -25,6 +25,7 @@ type Config struct {
 	// region codes, which order regions until gossip has measured RTTs.
 	RegionCoords map[string][2]float64
 	Proxy        Proxy
+	Autostart    Autostart
 	Apps         []App
 	Machines     []Machine
 }
@@ -130,13 +131,38 @@ type Proxy struct {
 	DrainTimeout        time.Duration // in-flight requests get this long on shutdown; default 30s
 }
 
+// Autostart holds the [autostart] table: how machines are woken for
+// requests and stopped when idle. Each default is documented in README.md.
+type Autostart struct {
+	StopInterval time.Duration // how often the autostop loop runs; default 60s (Fly: "every few minutes")
+	WakeTimeout  time.Duration // how long a request waits for a machine to wake; default 30s
+	MaxWaiters   int           // requests per app waiting for wakes before 503 at once; 0: none waits; default 1024
+	// RecentStop is Fly's PM11 window: a machine stopped this recently is
+	// not woken from another edge's stale view while another candidate
+	// exists. Default 5m; 0 turns the rule off.
+	RecentStop time.Duration
+	// DrainTimeout is how long the in-flight requests of a cordoned
+	// machine get before it is stopped anyway; default 10s.
+	DrainTimeout time.Duration
+}
+
+// MaxKillTimeout is the longest kill_timeout, as Fly's (shared CPUs).
+const MaxKillTimeout = 300 * time.Second
+
 // App is one application, selected by the Host header.
 type App struct {
 	Name          string   // unique
 	Hosts         []string // at least one; lower-case, without port; each claimed by one app
 	Org           string   // default "personal"
 	PrimaryRegion string   // default node.region
-	HTTPService   HTTPService
+	// KillSignal stops the app's machines: "SIGINT" (default, as Fly's),
+	// "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2" or "SIGKILL", the names
+	// Fly accepts but SIGSTOP, which pauses a process instead of stopping it.
+	KillSignal string
+	// KillTimeout is how long a machine gets after KillSignal before it
+	// is killed (SIGKILL); default 5s, at most MaxKillTimeout, as Fly's.
+	KillTimeout time.Duration
+	HTTPService HTTPService
 }
 
 // Values of HTTPService.AutoStopMachines. The file may also say false (off)
@@ -154,6 +180,14 @@ type HTTPService struct {
 	AutoStopMachines   string // AutoStopOff (default), AutoStopStop, AutoStopSuspend
 	AutoStartMachines  bool   // default true
 	MinMachinesRunning int    // default 0
+	// MinMachinesRunningScope says where MinMachinesRunning holds:
+	// MinMachinesScopePrimary (default, Fly's rule) or
+	// MinMachinesScopeRegion (godwit's opt-in).
+	MinMachinesRunningScope string
+	// AutostopMaxPerPass is how many machines of one region a pass of the
+	// autostop loop may stop; default 1, Fly's rule. A larger value stops
+	// up to that many when the excess is that large.
+	AutostopMaxPerPass int
 	Concurrency        Concurrency
 	Checks             []Check // HTTP checks ([[app.http_service.checks]])
 	TCPChecks          []Check // TCP checks ([[app.http_service.tcp_checks]])
@@ -163,6 +197,12 @@ type HTTPService struct {
 	// ([[app.http_service.http_options.replay_cache]] here), in file order.
 	ReplayCache []ReplayCacheRule
 }
+
+// Values of HTTPService.MinMachinesRunningScope.
+const (
+	MinMachinesScopePrimary = "primary" // in the app's primary region only (Fly's rule)
+	MinMachinesScopeRegion  = "region"  // in every region that has machines of the app
+)
 
 // Concurrency types.
 const (
@@ -255,8 +295,23 @@ const (
 	DriverHTTP = "http" // the Machines API
 )
 
+// DefaultTokenEnv is the environment variable the http driver takes its
+// bearer token from when the machine names neither token_file nor
+// token_env, as flyctl does.
+const DefaultTokenEnv = "FLY_API_TOKEN"
+
 // Driver says how the machine is started and stopped (autostart issue).
+// The keys of one kind are errors with another.
 type Driver struct {
-	Kind    string   // DriverNone (default), DriverExec, DriverHTTP
-	Command []string // exec: argv, required for exec and only allowed there
+	Kind string // DriverNone (default), DriverExec, DriverHTTP
+
+	// exec
+	Command []string          // argv; required
+	Env     map[string]string // extra environment variables; nil when none
+
+	// http: a Fly Machines API compatible orchestrator.
+	URL       string // base URL, such as "https://api.machines.dev"; required
+	App       string // the app's name in the API; default the machine's app
+	TokenFile string // bearer token in this file (trimmed), or
+	TokenEnv  string // in this environment variable; default DefaultTokenEnv unless TokenFile is set
 }
