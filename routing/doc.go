@@ -14,6 +14,13 @@
 // machine's hard limit is never exceeded; Release returns the slot and hands
 // it straight to the oldest request waiting in the app's FIFO queue.
 //
+// Each machine has a lifecycle State (started, starting, stopping,
+// stopped, suspended, failed) that the autostart manager sets; only a
+// started machine is picked. A stopping machine is cordoned: the pick skips
+// it and TryAcquire fails on it while the requests it holds finish. State
+// changes of this node's machines are signalled on LocalChanges, like
+// health changes, so gossip publishes them.
+//
 // routing knows nothing of HTTP, sockets or gossip: the proxy asks it for a
 // machine, the health checker and (later) gossip tell it about machines.
 package routing

@@ -46,7 +46,10 @@ type Machine struct {
 	hard     atomic.Int32 // hard limit; 0 means none
 	inflight atomic.Int32 // slots held by this node's requests
 	healthy  atomic.Bool
-	started  atomic.Bool
+	// state is the machine's lifecycle State. Only StateStarted is
+	// picked; StateStopping is the cordon: TryAcquire fails on it while
+	// the requests already in flight drain.
+	state atomic.Uint32
 	// remoteBand is the load band the owner of a remote machine last
 	// published (or AtHard once the owner refused a request for it). The
 	// pick uses the higher of it and the band of this node's own requests.
@@ -67,7 +70,11 @@ func newMachine(c config.Machine, conc config.Concurrency, q *queue, changed cha
 	m.soft.Store(int32(conc.SoftLimit))
 	m.hard.Store(int32(conc.HardLimit))
 	m.healthy.Store(true)
-	m.started.Store(c.State != config.StateStopped)
+	if c.State == config.StateStopped {
+		m.state.Store(uint32(StateStopped))
+	} else {
+		m.state.Store(uint32(StateStarted))
+	}
 	return m
 }
 
@@ -81,8 +88,18 @@ func (m *Machine) HardLimit() int { return int(m.hard.Load()) }
 // Healthy reports whether the machine passes its health checks.
 func (m *Machine) Healthy() bool { return m.healthy.Load() }
 
-// Started reports whether the machine is running.
-func (m *Machine) Started() bool { return m.started.Load() }
+// Started reports whether the machine is running and takes new requests
+// (its State is StateStarted). A stopping machine is still running but is
+// not Started: it takes no new request.
+func (m *Machine) Started() bool { return m.State() == StateStarted }
+
+// State returns the machine's lifecycle state. A remote machine is
+// StateStarted or StateStopped, as its owner publishes it.
+func (m *Machine) State() State { return State(m.state.Load()) }
+
+// Cordoned reports whether the machine is stopping: the pick skips it and
+// TryAcquire fails on it while the requests already in flight finish.
+func (m *Machine) Cordoned() bool { return m.State() == StateStopping }
 
 // SetHealthy records a health transition. A machine that becomes healthy may
 // take requests waiting in its app's queue. A transition of this node's own
@@ -94,10 +111,27 @@ func (m *Machine) SetHealthy(ok bool) {
 }
 
 // SetStarted records a start or stop of the machine, signalled like
-// SetHealthy's transitions.
+// SetHealthy's transitions: true sets StateStarted, false turns a started
+// machine into StateStopped and leaves any other state as it is.
 func (m *Machine) SetStarted(ok bool) {
-	if m.started.Swap(ok) != ok {
-		m.flipped(ok)
+	if ok {
+		m.SetState(StateStarted)
+		return
+	}
+	if m.state.CompareAndSwap(uint32(StateStarted), uint32(StateStopped)) {
+		m.flipped(false)
+	}
+}
+
+// SetState records a lifecycle transition (the autostart manager's). A
+// change of this node's own machine is signalled on the table's
+// LocalChanges, so gossip publishes it; a machine now started may take
+// queued requests. Entering StateStopping cordons the machine: from then
+// on TryAcquire fails on it, so once its in-flight count is seen at zero
+// no new request can reach it.
+func (m *Machine) SetState(s State) {
+	if State(m.state.Swap(uint32(s))) != s {
+		m.flipped(s == StateStarted)
 	}
 }
 
@@ -126,7 +160,7 @@ func signal(ch chan struct{}) {
 // usable reports whether the machine may be picked at all (ignoring load):
 // started, healthy and, for a remote machine, with its owner reachable.
 func (m *Machine) usable() bool {
-	return m.started.Load() && m.healthy.Load() && (m.owner == nil || m.owner.reachable())
+	return m.State() == StateStarted && m.healthy.Load() && (m.owner == nil || m.owner.reachable())
 }
 
 // Remote reports whether the machine is owned by another node.
@@ -167,7 +201,8 @@ func (m *Machine) Band() Band {
 }
 
 // TryAcquire takes a concurrency slot unless the machine is at its hard
-// limit. It never lets the in-flight count exceed the hard limit.
+// limit or cordoned (stopping). It never lets the in-flight count exceed
+// the hard limit.
 func (m *Machine) TryAcquire() bool {
 	for {
 		n := m.inflight.Load()
@@ -175,9 +210,17 @@ func (m *Machine) TryAcquire() bool {
 			return false
 		}
 		if m.inflight.CompareAndSwap(n, n+1) {
-			return true
+			break
 		}
 	}
+	// The state is read after the slot is taken, and a stop sets the state
+	// before it reads the in-flight count: either the stop sees this slot
+	// and waits for it, or this sees the cordon and gives the slot back.
+	if m.State() == StateStopping {
+		m.inflight.Add(-1)
+		return false
+	}
+	return true
 }
 
 // Acquire takes a slot whatever the limit says. It is for requests that

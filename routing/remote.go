@@ -58,7 +58,11 @@ func (m *Machine) setRemote(rm RemoteMachine) {
 	m.hard.Store(int32(rm.Hard))
 	m.remoteBand.Store(int32(rm.Band))
 	m.healthy.Store(rm.Healthy)
-	m.started.Store(rm.Started)
+	if rm.Started {
+		m.state.Store(uint32(StateStarted))
+	} else {
+		m.state.Store(uint32(StateStopped))
+	}
 	m.owner.member.Store(rm.Reachable)
 }
 
