@@ -312,7 +312,7 @@ func New(opts Options) (*Manager, error) {
 		m.now = time.Now
 	}
 	if m.ready == nil {
-		m.ready = dialReady
+		m.ready = DialReady
 	}
 	if m.maxWaiters <= 0 {
 		m.maxWaiters = DefaultMaxWaiters
@@ -334,9 +334,9 @@ func positive(d, def time.Duration) time.Duration {
 	return def
 }
 
-// dialReady is the readiness of a machine without checks: its address
+// DialReady is the readiness of a machine without checks: its address
 // accepts a TCP connection.
-func dialReady(ctx context.Context, s *Spec) error {
+func DialReady(ctx context.Context, s *Spec) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", s.Addr)
 	if err != nil {

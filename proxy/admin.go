@@ -2,12 +2,16 @@ package proxy
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"sort"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/godwit/godwit/autostart"
 )
 
 // MachineStatus is one machine in GET /v1/machines.
@@ -16,7 +20,7 @@ type MachineStatus struct {
 	App       string `json:"app"`
 	Region    string `json:"region"`
 	Address   string `json:"address"`
-	State     string `json:"state"`  // "started" or "stopped"
+	State     string `json:"state"`  // started, starting, stopping, stopped, suspended, failed
 	Health    string `json:"health"` // "passing" or "failing"
 	Band      string `json:"band"`   // below_soft, above_soft, at_hard
 	Inflight  int    `json:"inflight"`
@@ -27,6 +31,9 @@ type MachineStatus struct {
 	// node's own); Reachable is false while that owner is down.
 	Owner     string `json:"owner,omitempty"`
 	Reachable bool   `json:"reachable"`
+	// LastFailure says why this node's machine last failed to start or
+	// stop, if it ever did.
+	LastFailure string `json:"last_failure,omitempty"`
 }
 
 // adminHandler serves the admin API: /metrics, /healthz, /v1/machines.
@@ -53,6 +60,7 @@ func (s *Server) adminHandler(gatherer prometheus.Gatherer) http.Handler {
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, s.Members())
 	})
+	mux.HandleFunc("POST /v1/apps/{app}/machines/{id}/{op}", s.adminMachineOp)
 	return mux
 }
 
@@ -62,16 +70,26 @@ func (s *Server) adminHandler(gatherer prometheus.Gatherer) http.Handler {
 // Band is the higher of the owner's report and this node's own load.
 func (s *Server) Machines() []MachineStatus {
 	var out []MachineStatus
+	failures := map[string]string{}
+	var states []autostart.MachineState
+	if s.handler.wakes != nil {
+		states = s.handler.wakes.States()
+	}
+	for _, ms := range states {
+		if !ms.LastFailure.IsZero() {
+			failures[ms.ID] = ms.LastFailure.UTC().Format(time.RFC3339) + ": " + ms.LastFailureReason
+		}
+	}
 	for _, a := range s.table.Apps() {
 		for _, m := range a.Machines() {
 			st := MachineStatus{
 				ID: m.ID, App: a.Name, Region: m.Region, Address: m.Addr,
-				State: "stopped", Health: "failing", Band: m.Band().String(),
+				State: m.State().String(), Health: "failing", Band: m.Band().String(),
 				Inflight: m.Inflight(), SoftLimit: m.SoftLimit(), HardLimit: m.HardLimit(),
 				Queued: a.QueueLen(), Owner: m.Owner, Reachable: m.Reachable(),
 			}
-			if m.Started() {
-				st.State = "started"
+			if f, ok := failures[m.ID]; ok && !m.Remote() {
+				st.LastFailure = f
 			}
 			if m.Healthy() {
 				st.Health = "passing"
@@ -133,4 +151,52 @@ func (s *Server) Members() []MemberStatus {
 		return out[i].Name < out[j].Name
 	})
 	return out
+}
+
+// adminMachineOp starts, stops or suspends one of this node's machines:
+// POST /v1/apps/{app}/machines/{id}/start|stop|suspend, answering with the
+// machine's status once the operation is done (a start waits until the
+// machine is ready, bounded by autostart.wake_timeout).
+func (s *Server) adminMachineOp(w http.ResponseWriter, r *http.Request) {
+	app, id, op := r.PathValue("app"), r.PathValue("id"), r.PathValue("op")
+	m := s.table.Machine(id)
+	switch {
+	case s.handler.wakes == nil:
+		adminError(w, http.StatusServiceUnavailable, "the node is not running")
+		return
+	case m == nil || m.App != app:
+		adminError(w, http.StatusNotFound, fmt.Sprintf("app %q has no machine %q", app, id))
+		return
+	case m.Remote():
+		adminError(w, http.StatusConflict, fmt.Sprintf("machine %q is owned by edge %s: ask it", id, m.Owner))
+		return
+	}
+	var err error
+	switch op {
+	case "start":
+		err = s.handler.wakes.Start(r.Context(), id)
+	case "stop":
+		err = s.handler.wakes.Stop(r.Context(), id, autostart.ModeStop)
+	case "suspend":
+		err = s.handler.wakes.Stop(r.Context(), id, autostart.ModeSuspend)
+	default:
+		adminError(w, http.StatusNotFound, fmt.Sprintf("unknown operation %q (want start, stop or suspend)", op))
+		return
+	}
+	if err != nil {
+		adminError(w, http.StatusBadGateway, fmt.Sprintf("%s machine %s: %v", op, id, err))
+		return
+	}
+	for _, st := range s.Machines() {
+		if st.ID == id {
+			writeJSON(w, st)
+			return
+		}
+	}
+}
+
+func adminError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }

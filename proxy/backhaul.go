@@ -84,6 +84,9 @@ func encodeBackhaul(machine string, contentLength int64, fi *forwardInfo) string
 	if fi.chunked {
 		v.Set("chunked", "1")
 	}
+	if fi.wake {
+		v.Set("wake", "1")
+	}
 	return v.Encode()
 }
 
@@ -107,7 +110,7 @@ func decodeBackhaul(s string) (machine string, length int64, fi forwardInfo, err
 		proto: v.Get("proto"), port: v.Get("port"), ssl: v.Get("ssl"), via: v.Get("via"),
 		replaySrc: v.Get("replay_src"), replayFailed: v.Get("replay_failed"),
 		replayCacheStatus: v.Get("cache_status"), preferredUnavailable: v.Get("preferred_unavailable"),
-		upgrade: v.Get("upgrade"), chunked: v.Get("chunked") == "1",
+		upgrade: v.Get("upgrade"), chunked: v.Get("chunked") == "1", wake: v.Get("wake") == "1",
 	}
 	return machine, length, fi, nil
 }
@@ -158,6 +161,19 @@ func (h *Handler) serveBackhaul(w http.ResponseWriter, r *http.Request) {
 	}
 	x.requestID = fi.requestID
 	m := h.table.Machine(id)
+	if m != nil && !m.Remote() && !m.Started() && fi.wake && h.wakes != nil {
+		// The accepting edge found no started machine and asks this
+		// owner to wake this one. (Without wake=1, a stopped machine is
+		// refused: the accepting edge's view is stale and it has other
+		// candidates, Fly's PM11.)
+		if app := h.table.App(m.App); app != nil && h.autostarts(app) {
+			if code, err := h.wake(r.Context(), m, &x); err != nil {
+				// Answered, not refused: the client learns why (PM03...).
+				h.fail(w, &x, code, err.Error(), err)
+				return
+			}
+		}
+	}
 	refuse := func(reason string) {
 		w.Header().Set(hdrRefused, reason)
 		h.fail(w, &x, CodeOwnerRefused, "machine "+id+": "+reason, nil)
@@ -220,6 +236,7 @@ func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exch
 	var tried []*routing.Machine
 	for attempt := 0; ; attempt++ {
 		m := x.machine
+		fi.wake = x.wakeRemote
 		req, stream, err := h.backhaulRequest(r, m, fi)
 		if err != nil {
 			h.fail(w, x, CodeOwnerRefused, "could not build the backhaul request", err)

@@ -28,6 +28,11 @@ const (
 	CodeInstanceUnavailable Code = "PR02" // 503: a forced machine (fly-force-instance-id) is unknown, stopped or failing
 	CodeUpgradeRejected     Code = "PU06" // 502: the protocol upgrade could not be tunnelled
 	CodeOwnerRefused        Code = "PB01" // 503: the edges owning the picked machines refused the request or could not be reached
+	CodeWakeFailed          Code = "PM01" // 503: the machine's driver failed to start it, or it exited while starting
+	CodeWakeTimeout         Code = "PM03" // 503: the machine was not ready within autostart.wake_timeout
+	CodeNotStartable        Code = "PM08" // 503: the machine is stopped and godwit does not manage it (driver none)
+	CodeWakeCanceled        Code = "PM10" // 503: the wake was canceled (the node is shutting down)
+	CodeWakeBusy            Code = "PM12" // 503: too many requests already wait for the app's machines to wake
 	// 400: the request, or one before it on its connection, was framed
 	// ambiguously: both Content-Length and Transfer-Encoding, a folded
 	// header line, or chunked framing net/http could not follow.
@@ -51,6 +56,11 @@ var codeStatus = map[Code]int{
 	CodeReplayForbidden:     http.StatusBadGateway,
 	CodeUpgradeRejected:     http.StatusBadGateway,
 	CodeOwnerRefused:        http.StatusServiceUnavailable,
+	CodeWakeFailed:          http.StatusServiceUnavailable,
+	CodeWakeTimeout:         http.StatusServiceUnavailable,
+	CodeNotStartable:        http.StatusServiceUnavailable,
+	CodeWakeCanceled:        http.StatusServiceUnavailable,
+	CodeWakeBusy:            http.StatusServiceUnavailable,
 	CodeAmbiguousFraming:    http.StatusBadRequest,
 }
 

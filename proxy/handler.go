@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/godwit/godwit/autostart"
 	"github.com/godwit/godwit/config"
 	"github.com/godwit/godwit/replay"
 	"github.com/godwit/godwit/routing"
@@ -38,11 +39,14 @@ type Handler struct {
 	// request path (passive health); nil means nobody listens.
 	markFailing func(machineID string, err error)
 
-	cache    *replay.Cache // nil: disabled
-	fleet    Fleet         // nil: a single node, no backhaul
-	pools    sync.Map      // *routing.Machine → *upstream
-	tunnels  tunnels       // hijacked upgraded connections, closed on shutdown
-	draining atomic.Bool
+	cache *replay.Cache      // nil: disabled
+	fleet Fleet              // nil: a single node, no backhaul
+	wakes *autostart.Manager // nil: no machine is started on demand
+	// noAutostart names the apps with auto_start_machines = false.
+	noAutostart map[string]bool
+	pools       sync.Map // *routing.Machine → *upstream
+	tunnels     tunnels  // hijacked upgraded connections, closed on shutdown
+	draining    atomic.Bool
 }
 
 // listenerInfo is what a request learns from the listener that took it.
@@ -85,6 +89,9 @@ type exchange struct {
 	code        Code
 	bytesOut    int64
 	queued      time.Duration
+	woke        time.Duration // waiting for machines to wake
+	wokeMachine string        // the machine last woken for the request
+	wakeRemote  bool          // the picked machine is another edge's, stopped: its owner may wake it
 	err         error
 	tunnelled   bool // counted by Handler.tunnels until finished
 
@@ -148,7 +155,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 		return
 	}
 	x.machine = m
-	x.routeDur = time.Since(x.start) - x.queued
+	x.routeDur = time.Since(x.start) - x.queued - x.woke
 
 	fi := forwardInfo{
 		clientIP:  clientIP(r.RemoteAddr),
@@ -173,6 +180,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 // at its hard limit. exclude lists machines a retry must avoid.
 func (h *Handler) pick(ctx context.Context, app *routing.App, x *exchange, exclude []*routing.Machine) (*routing.Machine, Code, error) {
 	c := x.constraints
+	x.wakeRemote = false
 	if len(exclude) > 0 {
 		c.Exclude = append(c.Exclude[:len(c.Exclude):len(c.Exclude)], exclude...)
 	}
@@ -199,6 +207,14 @@ func (h *Handler) pick(ctx context.Context, app *routing.App, x *exchange, exclu
 		case err != nil:
 			return nil, CodeNoMachine, fmt.Errorf("request ended while waiting: %w", err)
 		}
+	}
+	if err != nil && !errors.Is(err, routing.ErrAtCapacity) && h.wakes != nil {
+		if wm := wakeCandidate(app, c); wm != nil && h.autostarts(app) {
+			return h.pickWoken(ctx, app, x, wm)
+		}
+	}
+	if err == nil && m.Band() != routing.BelowSoft && h.wakes != nil && h.autostarts(app) {
+		h.wakes.AutostartOnSoft(app.Name) // Fly's rule: every machine over soft, start one more
 	}
 	switch {
 	case errors.Is(err, routing.ErrInstanceUnavailable):
@@ -389,7 +405,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	if x.replays > 0 {
 		h.metrics.replayDuration.WithLabelValues(x.app.Name).Observe(replayDur.Seconds())
 	}
-	timing := serverTiming(x.routeDur, x.queued, replayDur, upDone.Sub(upStart))
+	timing := serverTiming(x.routeDur, x.queued, x.woke, replayDur, upDone.Sub(upStart))
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		h.switchProtocols(w, r, x, fi, c, resp, bodyDone, unwatch)
 		return
@@ -403,6 +419,10 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 		copyResponseHeader(hdr, resp.Header)
 		hdr[hdrRequestIDResp] = x.idHeader
 		setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, timing)
+	}
+	if x.woke > 0 {
+		// The answer waited for a machine to start: say which and how long.
+		hdr[hdrWoke] = []string{x.wokeMachine + ";dur=" + strconv.FormatFloat(float64(x.woke)/1e6, 'f', 1, 64)}
 	}
 	announced := len(resp.Trailer)
 	if announced > 0 {
@@ -682,12 +702,16 @@ func appendVia(prior []string, ours string) []string {
 // the time from the first machine's attempt to the last one's (the
 // machines that answered fly-replay, and any queue wait for the next);
 // upstream the last machine's time to its response head.
-func serverTiming(route, queue, replay, upstream time.Duration) string {
-	var buf [128]byte
+func serverTiming(route, queue, wake, replay, upstream time.Duration) string {
+	var buf [160]byte
 	b := append(buf[:0], "route;dur="...)
 	b = strconv.AppendFloat(b, float64(route)/1e6, 'f', 3, 64)
 	b = append(b, ", queue;dur="...)
 	b = strconv.AppendFloat(b, float64(queue)/1e6, 'f', 3, 64)
+	if wake > 0 {
+		b = append(b, ", wake;dur="...)
+		b = strconv.AppendFloat(b, float64(wake)/1e6, 'f', 3, 64)
+	}
 	b = append(b, ", replay;dur="...)
 	b = strconv.AppendFloat(b, float64(replay)/1e6, 'f', 3, 64)
 	b = append(b, ", upstream;dur="...)

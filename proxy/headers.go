@@ -110,6 +110,7 @@ type forwardInfo struct {
 	// request: hit, miss or bypass.
 	replayCacheStatus string
 	chunked           bool // body framed with Transfer-Encoding: chunked
+	wake              bool // backhaul: the owner may wake the machine (no started one was found)
 }
 
 // writeRequestHead writes the request line and headers of r, rewritten for

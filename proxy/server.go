@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/godwit/godwit/autostart"
 	"github.com/godwit/godwit/config"
 	"github.com/godwit/godwit/health"
 	"github.com/godwit/godwit/replay"
@@ -36,6 +37,10 @@ type Server struct {
 	listeners map[string]net.Listener // "http", "https", "admin"
 	fleet     *fleet                  // nil: a single node (or not running yet)
 	tlsConf   *tls.Config
+	// drivers run this node's machines (exec: child processes, stopped
+	// when the node stops).
+	drivers *autostart.Drivers
+	specs   []autostart.Spec
 }
 
 // New builds a node from validated config. Metrics go to reg (which /metrics
@@ -62,6 +67,17 @@ func New(cfg *config.Config, log *slog.Logger, reg *prometheus.Registry) (*Serve
 		dialer:      &net.Dialer{Timeout: cfg.Proxy.ConnectTimeout, KeepAlive: 30 * time.Second},
 		markFailing: s.health.MarkFailing,
 	}
+	drivers, specs, err := machineDrivers(cfg, log.With("component", "autostart"))
+	if err != nil {
+		return nil, err
+	}
+	s.drivers, s.specs = drivers, specs
+	s.handler.noAutostart = map[string]bool{}
+	for _, a := range cfg.Apps {
+		if !a.HTTPService.AutoStartMachines {
+			s.handler.noAutostart[a.Name] = true
+		}
+	}
 	if cfg.Proxy.ReplayCacheEntries > 0 {
 		cache := replay.NewCache(cfg.Proxy.ReplayCacheEntries)
 		s.handler.cache = cache
@@ -73,6 +89,7 @@ func New(cfg *config.Config, log *slog.Logger, reg *prometheus.Registry) (*Serve
 	if cfg.Listen.HTTPS != "" {
 		tc, selfSigned, err := tlsConfig(cfg.TLS, cfg.Apps)
 		if err != nil {
+			drivers.Close()
 			return nil, err
 		}
 		if selfSigned {
@@ -141,13 +158,30 @@ func (s *Server) Addr(name string) string {
 	return ""
 }
 
+// closeMachines ends the autostart Manager and stops the machines this
+// node runs as processes: they stop with it.
+func (s *Server) closeMachines() {
+	if s.handler.wakes != nil {
+		s.handler.wakes.Close()
+	}
+	s.drivers.Close()
+}
+
 // Run serves until ctx ends, then drains: listeners stop accepting, idle
 // connections close, and in-flight requests get proxy.drain_timeout to
 // finish. It returns nil after a clean drain.
 func (s *Server) Run(ctx context.Context) error {
 	if err := s.Listen(); err != nil {
+		s.closeMachines()
 		return err
 	}
+	wakes, err := newWakes(s.cfg, s.table, s.drivers, s.specs, s.log.With("component", "autostart"), s.reg)
+	if err != nil {
+		s.closeListeners()
+		s.closeMachines()
+		return err
+	}
+	s.handler.wakes = wakes
 	s.log.Info("godwit edge running", "node", s.cfg.Node.Name, "region", s.cfg.Node.Region,
 		"http", s.Addr("http"), "https", s.Addr("https"), "admin", s.Addr("admin"),
 		"apps", len(s.cfg.Apps), "machines", len(s.cfg.Machines))
@@ -161,6 +195,7 @@ func (s *Server) Run(ctx context.Context) error {
 	f, err := newFleet(s.cfg, s.table, s.handler, s.log, s.reg)
 	if err != nil {
 		s.closeListeners()
+		s.closeMachines()
 		return err
 	}
 	g, gctx := errgroup.WithContext(ctx)
@@ -173,6 +208,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Info("fleet joined", "gossip", f.node.Addr(), "backhaul", f.backhaulAddr(), "protocol", s.cfg.Backhaul.Protocol)
 	}
 	g.Go(func() error { return s.health.Run(healthCtx) })
+	g.Go(func() error { return s.handler.wakes.Run(healthCtx) }) // autostop
 	g.Go(func() error { s.janitor(gctx); return nil })
 
 	var servers []*http.Server
@@ -253,6 +289,7 @@ func (s *Server) Run(ctx context.Context) error {
 	stopFleet()
 	s.handler.closePools()
 	err = g.Wait()
+	s.closeMachines()
 	if drainErr != nil {
 		s.log.Warn("drain timeout passed with requests still in flight; they were cut", "timeout", s.cfg.Proxy.DrainTimeout)
 	} else {

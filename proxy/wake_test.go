@@ -1,0 +1,166 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// buildTestApp builds autostart's test machine (it listens on $PORT after
+// -listen-delay, answers its pid on GET /pid).
+func buildTestApp(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "testapp")
+	if out, err := exec.Command("go", "build", "-o", bin, "../autostart/internal/testapp").CombinedOutput(); err != nil {
+		t.Fatalf("go build testapp: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// wakeConfig is an app "web" with one stopped machine m1 that godwit runs
+// as a process (the exec driver) with args.
+func wakeConfig(addr, extraApp string, args ...string) string {
+	return fmt.Sprintf(`
+[autostart]
+wake_timeout = "5s"
+
+[[app]]
+name  = "web"
+hosts = [%q]
+%s
+[[machine]]
+id      = "m1"
+app     = "web"
+address = %q
+state   = "stopped"
+[machine.driver]
+kind    = "exec"
+command = [%s]
+`, webHost, extraApp, addr, quoteAll(args))
+}
+
+func quoteAll(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = fmt.Sprintf("%q", a)
+	}
+	return strings.Join(q, ", ")
+}
+
+// TestWakeOnDemand: 200 concurrent requests for an app whose only machine
+// is stopped all get the machine's answer; it was started once (every
+// answer names the same process), and the answers say they waited.
+func TestWakeOnDemand(t *testing.T) {
+	bin := buildTestApp(t)
+	addr := deadAddr(t)
+	p := startProxy(t, wakeConfig(addr, "", bin, "-listen-delay", "300ms"))
+	if st := p.machineStatus(t, "m1"); st.State != "stopped" {
+		t.Fatalf("before any request: m1 is %q, want stopped", st.State)
+	}
+	const n = 200
+	c := newClient(t)
+	var wg sync.WaitGroup
+	results := make([]result, n)
+	for i := range n {
+		wg.Go(func() { results[i] = p.get(t, c, webHost, "/pid") })
+	}
+	wg.Wait()
+	pids := map[string]int{}
+	woke := 0
+	for _, r := range results {
+		if r.status != 200 {
+			t.Fatalf("a request got %d %q, want the machine's answer", r.status, r.body)
+		}
+		pids[r.body]++
+		if r.header.Get(hdrWoke) != "" && strings.Contains(r.header.Get("Server-Timing"), "wake;dur=") {
+			woke++
+		}
+	}
+	if len(pids) != 1 {
+		t.Errorf("answers came from %d processes (%v), want one start", len(pids), pids)
+	}
+	if woke == 0 {
+		t.Errorf("no answer says it waited for the wake (%s header, Server-Timing wake)", hdrWoke)
+	}
+	if st := p.machineStatus(t, "m1"); st.State != "started" {
+		t.Errorf("after the wake: m1 is %q, want started", st.State)
+	}
+	// A request now does not wait.
+	if r := p.get(t, c, webHost, "/pid"); r.status != 200 || r.header.Get(hdrWoke) != "" {
+		t.Errorf("request to the started machine: %d, %s %q; want 200 without waiting", r.status, hdrWoke, r.header.Get(hdrWoke))
+	}
+}
+
+// TestWakeBroken: a machine that never listens, or exits at once, fails
+// the waiting requests with PM03/PM01 within the wake timeout, is marked
+// failed, and the next request fails at once (backoff) instead of starting
+// it again.
+func TestWakeBroken(t *testing.T) {
+	bin := buildTestApp(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		code Code
+	}{
+		{"never listens", []string{bin, "-listen-delay", "1h"}, CodeWakeTimeout},
+		{"exits at once", []string{bin, "-exit-after", "1ms"}, CodeWakeFailed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := deadAddr(t)
+			p := startProxy(t, strings.Replace(wakeConfig(addr, "", tc.args...), `wake_timeout = "5s"`, `wake_timeout = "700ms"`, 1))
+			c := newClient(t)
+			start := time.Now()
+			wantProxyError(t, p.get(t, c, webHost, "/"), tc.code)
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("failed wake answered after %v, want within the wake timeout", d)
+			}
+			st := p.machineStatus(t, "m1")
+			if st.State != "failed" || st.LastFailure == "" {
+				t.Errorf("m1 after the failed wake: state %q, last failure %q; want failed with a reason", st.State, st.LastFailure)
+			}
+			start = time.Now()
+			r := p.get(t, c, webHost, "/")
+			if r.status != http.StatusServiceUnavailable || time.Since(start) > time.Second {
+				t.Errorf("request during the backoff: %d after %v, want 503 at once", r.status, time.Since(start))
+			}
+		})
+	}
+}
+
+// TestAdminMachineOps: POST start, stop and suspend through the admin API.
+func TestAdminMachineOps(t *testing.T) {
+	bin := buildTestApp(t)
+	addr := deadAddr(t)
+	p := startProxy(t, wakeConfig(addr, "", bin))
+	post := func(op string) (int, string) {
+		resp, err := http.Post("http://"+p.adminAddr+"/v1/apps/web/machines/m1/"+op, "", nil)
+		if err != nil {
+			t.Fatalf("POST %s: %v", op, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, step := range []struct{ op, state string }{{"start", "started"}, {"suspend", "suspended"}, {"start", "started"}, {"stop", "stopped"}} {
+		if code, body := post(step.op); code != 200 || !strings.Contains(body, `"state": "`+step.state+`"`) {
+			t.Fatalf("POST %s: %d %s, want 200 and state %s", step.op, code, body, step.state)
+		}
+	}
+	if code, _ := post("reboot"); code != http.StatusNotFound {
+		t.Errorf("POST reboot: %d, want 404", code)
+	}
+	resp, err := http.Post("http://"+p.adminAddr+"/v1/apps/other/machines/m1/start", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("start of m1 under the wrong app: %d, want 404", resp.StatusCode)
+	}
+}
