@@ -290,9 +290,9 @@ func propagationReport(cfg *config, changes []change) string {
 	fmt.Fprintf(&b, "%d edges (processes, not pinned), each owning one machine (served by the bench) with a health check every 100 ms. "+
 		"%d changes: the bench flips a machine's /health (fail, then pass again, owners in turn) and polls every edge's /v1/machines every %v. "+
 		"Polled: from the moment the owner's /v1/machines shows the change to the moment each other edge's does "+
-		"(this includes up to one publish tick of the owner: it hands its records to gossip every 100 ms). "+
+		"(the owner hands a change to gossip as soon as its routing table signals it). "+
 		"Metric: godwit_gossip_state_propagation_seconds at each receiver (_sum and _count before and after the change: "+
-		"the owner's clock at publication to arrival, so without the publish tick). "+
+		"the owner's clock at publication to arrival). "+
 		"All edges = the slowest receiver of a change; per receiver = each (change, receiver) pair. p99 by nearest rank (with few samples, the largest).\n\n",
 		cfg.edges, len(changes), cfg.pollEvery)
 	b.WriteString(table([]string{"measure", "p50 ms", "p99 ms", "max ms", "samples"}, [][]string{
