@@ -72,6 +72,7 @@ func New(cfg *config.Config, log *slog.Logger, reg *prometheus.Registry) (*Serve
 		return nil, err
 	}
 	s.drivers, s.specs = drivers, specs
+	s.handler.noWakeWait = cfg.Autostart.MaxWaiters == 0
 	s.handler.noAutostart = map[string]bool{}
 	for _, a := range cfg.Apps {
 		if !a.HTTPService.AutoStartMachines {

@@ -124,6 +124,15 @@ func (h *Handler) pickWoken(ctx context.Context, app *routing.App, x *exchange, 
 		x.wakeRemote = true
 		return wm, "", nil
 	}
+	if h.noWakeWait {
+		// autostart.max_waiters = 0: nobody waits. The machine starts in
+		// the background (a wake whose caller has left goes on) for the
+		// requests after this one.
+		done, cancel := context.WithCancel(context.Background())
+		cancel()
+		h.wakes.Wake(done, wm.ID)
+		return nil, CodeWakeBusy, fmt.Errorf("machine %s is starting and autostart.max_waiters is 0: no request waits", wm.ID)
+	}
 	if code, err := h.wake(ctx, wm, x); err != nil {
 		if ctx.Err() != nil {
 			return nil, CodeNoMachine, fmt.Errorf("request ended while machine %s woke: %w", wm.ID, ctx.Err())
