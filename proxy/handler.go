@@ -44,7 +44,7 @@ type Handler struct {
 	wakes *autostart.Manager // nil: no machine is started on demand
 	// noAutostart names the apps with auto_start_machines = false.
 	noAutostart map[string]bool
-	noWakeWait  bool // autostart.max_waiters = 0
+	noWakeWait  bool     // autostart.max_waiters = 0
 	pools       sync.Map // *routing.Machine → *upstream
 	tunnels     tunnels  // hijacked upgraded connections, closed on shutdown
 	draining    atomic.Bool
