@@ -1,0 +1,243 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// readyInterval is autostart.DefaultReadyInterval, the pause between
+// godwit's readiness attempts during a wake (for the report's notes).
+const readyInterval = 25 * time.Millisecond
+
+// goals are issue 5's: proxy overhead under these.
+var goals = map[string]time.Duration{"cold": 10 * time.Millisecond, "resume": 5 * time.Millisecond}
+
+type reportInfo struct {
+	root, godwit, cfg     string
+	argv                  []string
+	loadBefore, loadAfter string
+}
+
+// pct is the nearest-rank percentile p (0–100) of ds.
+func pct(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+func msf(d time.Duration) string {
+	return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond))
+}
+
+// kindStats is one row of the table.
+type kindStats struct {
+	kind                    string
+	base, first, last, woke []time.Duration
+	over                    []time.Duration // first − base p50, per round
+	failed, sent, waited    int
+	multiStart, restarted   int // rounds answered by more than one pid; resumes answered by a new pid
+	failures                []string
+}
+
+func stats(kind string, base []time.Duration, rounds []roundResult, waiters int) kindStats {
+	k := kindStats{kind: kind, base: base}
+	b50 := pct(base, 50)
+	seen := map[string]bool{}
+	for _, r := range rounds {
+		k.first = append(k.first, r.first)
+		k.last = append(k.last, r.last)
+		k.woke = append(k.woke, r.woke)
+		k.over = append(k.over, r.first-b50)
+		k.failed += r.failed
+		k.waited += r.waited
+		k.sent += waiters
+		if len(r.pids) > 1 {
+			k.multiStart++
+		}
+		if r.restarted {
+			k.restarted++
+		}
+		for _, f := range r.failures {
+			if !seen[f] {
+				seen[f] = true
+				k.failures = append(k.failures, f)
+			}
+		}
+	}
+	return k
+}
+
+func report(s settings, r results, info reportInfo) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+
+	p("# godwit wake overhead\n\n")
+	p("%s, commit %s. Issue 5's benchmark: time to the first response of a burst of\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), commit(info.root))
+	p("requests for a stopped (cold) or suspended (resume) machine, through godwit, minus\n")
+	p("the app's own start-to-ready (resume-to-answer) time without godwit.\n\n")
+
+	p("## Setup\n\n")
+	p("- command: `%s`\n", strings.TrimSpace("go run ./bench/wake "+strings.Join(os.Args[1:], " ")))
+	p("- machine: %s, %d CPUs (nproc), Linux %s; load average before %s, after %s\n", cpuModel(), cpuCount(), kernel(), info.loadBefore, info.loadAfter)
+	if tasksetPath != "" && s.proxyCPU >= 0 {
+		p("- pinning (taskset): godwit on CPU %d (GOMAXPROCS follows: 1); the bench (the waiters) and the test app on CPU %d, alone or started by godwit (the machine's command is `taskset -c %d testapp`, so taskset's exec is in both times)\n", s.proxyCPU, s.loadCPU, s.loadCPU)
+	} else {
+		p("- pinning: none (taskset missing or turned off)\n")
+	}
+	p("- godwit: `%s run --config godwit.toml` (config below); %s; %d rounds, each: the app alone cold, the app alone resumed, godwit cold, godwit resumed\n", shortPath(info.godwit, info.root), goVersion(), s.n)
+	p("- app alone, cold: exec `testapp -listen-delay %v` with PORT set, GET / on a new connection every 0.5 ms until 200; exec to answer\n", s.listenDelay)
+	p("- app alone, resume: a running app is SIGSTOPped (until /proc shows it stopped), %v later SIGCONT and one GET / on a new connection; SIGCONT to answer\n", s.settle)
+	p("- through godwit: POST `/v1/apps/wake/machines/m1/stop` (cold) or `/start` then `/suspend` (resume) on the admin API, %v pause, then %d concurrent GET /pid (`Host: wake.bench`), released at one instant, each on its own kept-alive connection (opened in a warm-up); times from release to the first and to the last 200\n", s.settle, s.waiters)
+	p("- overhead = first answer through godwit − the app alone's p50, per round; p99 is nearest rank (with %d rounds, the %s)\n", s.n, ordinal(s.n-int(math.Ceil(0.99*float64(s.n)))+1))
+	p("- godwit wait: per round the longest `Godwit-Woke` header of the answers (godwit's own measure of a request's wait for the wake); \"waited\" counts the answers that carry one (requests that arrived after the machine was up did not wait)\n\n")
+
+	cold := stats("cold", r.baseCold, r.cold, s.waiters)
+	resume := stats("resume", r.baseResume, r.resume, s.waiters)
+	p("## Results (ms)\n\n")
+	p("| kind | app alone p50 | p99 | godwit first answer p50 | p99 | last answer p50 | p99 | **overhead p50** | **p99** | godwit wait p50 | p99 | waited | failed waiters |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, k := range []kindStats{cold, resume} {
+		p("| %s | %s | %s | %s | %s | %s | %s | **%s** | **%s** | %s | %s | %d | %d / %d |\n", k.kind,
+			msf(pct(k.base, 50)), msf(pct(k.base, 99)),
+			msf(pct(k.first, 50)), msf(pct(k.first, 99)),
+			msf(pct(k.last, 50)), msf(pct(k.last, 99)),
+			msf(pct(k.over, 50)), msf(pct(k.over, 99)),
+			msf(pct(k.woke, 50)), msf(pct(k.woke, 99)),
+			k.waited, k.failed, k.sent)
+	}
+	p("\n## Goal check\n\n")
+	for _, k := range []kindStats{cold, resume} {
+		goal := goals[k.kind]
+		o50, o99 := pct(k.over, 50), pct(k.over, 99)
+		verdict := "**met**"
+		switch {
+		case o50 >= goal:
+			verdict = "**not met**"
+		case o99 >= goal:
+			verdict = "**met at p50, not at p99**"
+		}
+		fails := "zero failed waiters: **met**"
+		if k.failed > 0 {
+			fails = fmt.Sprintf("%d failed waiters: **not met** (%s)", k.failed, strings.Join(k.failures, "; "))
+		}
+		p("- %s: overhead p50 %s ms, p99 %s ms (goal < %v): %s; %s.", k.kind, msf(o50), msf(o99), goal, verdict, fails)
+		p(" Rounds answered by more than one machine process: %d.", k.multiStart)
+		if k.kind == "resume" {
+			p(" Resumes answered by a new process (restarted, not resumed): %d.", k.restarted)
+		}
+		p("\n")
+	}
+
+	p("\n## Notes\n\n")
+	b50, w50 := pct(cold.base, 50), pct(cold.woke, 50)
+	if b50 < readyInterval && w50 >= readyInterval*4/5 {
+		p("- Cold: the app alone is ready in %s ms, but godwit waits %s ms (p50). godwit's readiness poll\n", msf(b50), msf(w50))
+		p("  (autostart.Manager.waitReady) tries once right after the driver's Start, when the process has\n")
+		p("  only just been forked and does not listen yet, and then every ReadyInterval (25 ms,\n")
+		p("  autostart.DefaultReadyInterval). So a cold wake is rounded up to the next 25 ms tick and the\n")
+		p("  overhead is dominated by that interval, not by the proxy. A fix: poll fast at first (e.g. every\n")
+		p("  1 ms for the first 50 ms, then back off to 25 ms), or for exec machines with no HTTP check,\n")
+		p("  retry the TCP connect on ECONNREFUSED with a short sleep.\n")
+	} else {
+		p("- Cold: the app alone p50 %s ms, godwit's own wait p50 %s ms (its readiness poll runs every %v after a first attempt at once).\n", msf(b50), msf(w50), readyInterval)
+	}
+	p("- Resume: the app alone answers %s ms after SIGCONT (p50); godwit's wait p50 %s ms: SIGCONT, then the first readiness attempt (a TCP connect) passes at once.\n", msf(pct(resume.base, 50)), msf(pct(resume.woke, 50)))
+	p("- \"last answer\" is how long the slowest of the %d waiters took: the burst's queueing behind the wake and on the app's one core.\n", s.waiters)
+
+	p("\n## Raw rounds (ms)\n\n")
+	p("| round | alone cold | alone resume | godwit cold first | last | wait | godwit resume first | last | wait |\n|---|---|---|---|---|---|---|---|---|\n")
+	for i := range r.cold {
+		p("| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", i+1, msf(r.baseCold[i]), msf(r.baseResume[i]),
+			msf(r.cold[i].first), msf(r.cold[i].last), msf(r.cold[i].woke),
+			msf(r.resume[i].first), msf(r.resume[i].last), msf(r.resume[i].woke))
+	}
+	p("\n<details><summary>godwit.toml</summary>\n\n```toml\n%s```\n</details>\n", info.cfg)
+	return b.String()
+}
+
+// ordinal names the k-th largest of a sample: "largest", "2nd largest".
+func ordinal(k int) string {
+	switch k {
+	case 1:
+		return "largest"
+	case 2:
+		return "2nd largest"
+	case 3:
+		return "3rd largest"
+	}
+	return fmt.Sprintf("%dth largest", k)
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return runtime.GOARCH
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return runtime.GOARCH
+}
+
+// cpuCount is the machine's CPUs (runtime.NumCPU follows the bench's own
+// affinity).
+func cpuCount() int {
+	if out, err := exec.Command("nproc", "--all").Output(); err == nil {
+		var n int
+		if _, err := fmt.Sscan(string(out), &n); err == nil {
+			return n
+		}
+	}
+	return runtime.NumCPU()
+}
+
+func kernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func goVersion() string {
+	out, err := exec.Command("go", "env", "GOVERSION").Output()
+	if err != nil {
+		return runtime.Version()
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func commit(root string) string {
+	c := exec.Command("git", "rev-parse", "--short", "HEAD")
+	c.Dir = root
+	out, err := c.Output()
+	if err != nil {
+		return "?"
+	}
+	h := strings.TrimSpace(string(out))
+	c = exec.Command("git", "status", "--porcelain", "--untracked-files=no")
+	c.Dir = root
+	if st, err := c.Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		h += " (with uncommitted changes)"
+	}
+	return h
+}
+
+func shortPath(p, root string) string {
+	if strings.HasPrefix(p, os.TempDir()) {
+		return "godwit (built from this tree)"
+	}
+	return strings.TrimPrefix(p, root+"/")
+}
