@@ -42,8 +42,9 @@ func machineDrivers(cfg *config.Config, log *slog.Logger) (*autostart.Drivers, [
 }
 
 // newWakes builds the Manager that starts this node's machines on demand
-// and stops idle ones. It runs goroutines: Server.Run makes it.
-func newWakes(cfg *config.Config, table *routing.Table, drivers *autostart.Drivers, specs []autostart.Spec, log *slog.Logger, reg prometheus.Registerer) (*autostart.Manager, error) {
+// and stops idle ones; beforeStop is its Options.BeforeStop (the handler's
+// goAwayTunnels). It runs goroutines: Server.Run makes it.
+func newWakes(cfg *config.Config, table *routing.Table, drivers *autostart.Drivers, specs []autostart.Spec, beforeStop func(id string), log *slog.Logger, reg prometheus.Registerer) (*autostart.Manager, error) {
 	apps := make(map[string]config.App, len(cfg.Apps))
 	policies := make(map[string]autostart.AppPolicy, len(cfg.Apps))
 	for _, a := range cfg.Apps {
@@ -63,6 +64,7 @@ func newWakes(cfg *config.Config, table *routing.Table, drivers *autostart.Drive
 		MaxWaiters:   max(as.MaxWaiters, 1),
 		Ready:        ready,
 		DrainTimeout: as.DrainTimeout,
+		BeforeStop:   beforeStop,
 		StopInterval: as.StopInterval,
 		RecentStop:   as.RecentStop,
 		Log:          log,

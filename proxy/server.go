@@ -176,7 +176,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.closeMachines()
 		return err
 	}
-	wakes, err := newWakes(s.cfg, s.table, s.drivers, s.specs, s.log.With("component", "autostart"), s.reg)
+	wakes, err := newWakes(s.cfg, s.table, s.drivers, s.specs, s.handler.goAwayTunnels, s.log.With("component", "autostart"), s.reg)
 	if err != nil {
 		s.closeListeners()
 		s.closeMachines()
