@@ -363,12 +363,8 @@ func localRecords(t *routing.Table) []gossip.Record {
 			if m.Remote() {
 				continue
 			}
-			state := "stopped"
-			if m.Started() {
-				state = "started"
-			}
 			out = append(out, gossip.Record{
-				ID: m.ID, App: m.App, Region: m.Region, Addr: m.Addr, State: state,
+				ID: m.ID, App: m.App, Region: m.Region, Addr: m.Addr, State: m.State().String(),
 				Healthy: m.Healthy(), Soft: m.SoftLimit(), Hard: m.HardLimit(), Band: uint8(m.Band()),
 			})
 		}
@@ -380,9 +376,10 @@ func localRecords(t *routing.Table) []gossip.Record {
 func remoteMachines(rs []gossip.Record) []routing.RemoteMachine {
 	out := make([]routing.RemoteMachine, 0, len(rs))
 	for _, r := range rs {
+		st, _ := routing.ParseState(r.State) // unknown: stopped
 		out = append(out, routing.RemoteMachine{
 			ID: r.ID, App: r.App, Region: r.Region, Addr: r.Addr, Owner: r.Owner,
-			Started: r.State == "started", Healthy: r.Healthy, Reachable: r.Reachable,
+			Started: st == routing.StateStarted, State: st, Healthy: r.Healthy, Reachable: r.Reachable,
 			Soft: r.Soft, Hard: r.Hard, Band: routing.Band(r.Band),
 		})
 	}

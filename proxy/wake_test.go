@@ -109,7 +109,7 @@ func TestWakeBroken(t *testing.T) {
 		code Code
 	}{
 		{"never listens", []string{bin, "-listen-delay", "1h"}, CodeWakeTimeout},
-		{"exits at once", []string{bin, "-exit-after", "1ms"}, CodeWakeFailed},
+		{"exits at once", []string{bin, "-listen-delay", "1h", "-exit-after", "1ms"}, CodeWakeFailed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := deadAddr(t)

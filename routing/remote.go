@@ -12,9 +12,12 @@ type RemoteMachine struct {
 	ID, App, Region, Addr string
 	Owner                 string // the owner node's name
 	Started, Healthy      bool
-	Reachable             bool // the owner is a live member
-	Soft, Hard            int
-	Band                  Band // as the owner last published it
+	// State is the owner's lifecycle state of the machine (starting,
+	// suspended, failed...); Started set means StateStarted whatever it says.
+	State      State
+	Reachable  bool // the owner is a live member
+	Soft, Hard int
+	Band       Band // as the owner last published it
 }
 
 // ownerState is what this node knows of an owner's reachability, shared by
@@ -58,11 +61,13 @@ func (m *Machine) setRemote(rm RemoteMachine) {
 	m.hard.Store(int32(rm.Hard))
 	m.remoteBand.Store(int32(rm.Band))
 	m.healthy.Store(rm.Healthy)
+	st := rm.State
 	if rm.Started {
-		m.state.Store(uint32(StateStarted))
-	} else {
-		m.state.Store(uint32(StateStopped))
+		st = StateStarted
+	} else if st == StateStarted {
+		st = StateStopped
 	}
+	m.state.Store(uint32(st))
 	m.owner.member.Store(rm.Reachable)
 }
 
