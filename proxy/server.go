@@ -176,6 +176,13 @@ func (s *Server) Run(ctx context.Context) error {
 		s.closeMachines()
 		return err
 	}
+	for _, m := range s.cfg.Machines {
+		// A machine this node runs as a process is not running before
+		// this node starts it, whatever the config says it should be.
+		if rm := s.table.Machine(m.ID); rm != nil && m.Driver.Kind == config.DriverExec {
+			rm.SetState(routing.StateStopped)
+		}
+	}
 	wakes, err := newWakes(s.cfg, s.table, s.drivers, s.specs, s.handler.goAwayTunnels, s.log.With("component", "autostart"), s.reg)
 	if err != nil {
 		s.closeListeners()
@@ -210,6 +217,19 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return s.health.Run(healthCtx) })
 	g.Go(func() error { return s.handler.wakes.Run(healthCtx) }) // autostop
+	for _, m := range s.cfg.Machines {
+		// A machine this node runs as a process and that the config says
+		// is started is started now; requests meanwhile wait for it as
+		// for any wake.
+		if m.Driver.Kind == config.DriverExec && m.State != config.StateStopped {
+			g.Go(func() error {
+				if err := s.handler.wakes.Start(healthCtx, m.ID); err != nil && healthCtx.Err() == nil {
+					s.log.Error("starting a machine at boot failed", "machine", m.ID, "error", err)
+				}
+				return nil
+			})
+		}
+	}
 	g.Go(func() error { s.janitor(gctx); return nil })
 
 	var servers []*http.Server

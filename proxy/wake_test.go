@@ -164,3 +164,21 @@ func TestAdminMachineOps(t *testing.T) {
 		t.Errorf("start of m1 under the wrong app: %d, want 404", resp.StatusCode)
 	}
 }
+
+// TestAutostop: an exec machine configured started is started at boot; with
+// auto_stop_machines and no load, the autostop loop stops it (a lone
+// machine with no load, Fly's rule); the next request wakes it again.
+func TestAutostop(t *testing.T) {
+	bin := buildTestApp(t)
+	addr := deadAddr(t)
+	cfg := wakeConfig(addr, "[app.http_service]\nauto_stop_machines = \"stop\"\n", bin)
+	cfg = strings.Replace(cfg, `state   = "stopped"`, `state   = "started"`, 1)
+	cfg = strings.Replace(cfg, `wake_timeout = "5s"`, "wake_timeout = \"5s\"\nstop_interval = \"200ms\"", 1)
+	p := startProxy(t, cfg)
+	eventually(t, 10*time.Second, "m1 started at boot", func() bool { return p.machineStatus(t, "m1").State == "started" })
+	eventually(t, 10*time.Second, "m1 stopped by autostop", func() bool { return p.machineStatus(t, "m1").State == "stopped" })
+	c := newClient(t)
+	if r := p.get(t, c, webHost, "/pid"); r.status != 200 || r.header.Get(hdrWoke) == "" {
+		t.Errorf("request after the autostop: %d %q (%s %q), want the machine's answer after a wake", r.status, r.body, hdrWoke, r.header.Get(hdrWoke))
+	}
+}
