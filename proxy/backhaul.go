@@ -115,6 +115,17 @@ func decodeBackhaul(s string) (machine string, length int64, fi forwardInfo, err
 	return machine, length, fi, nil
 }
 
+// otherRunning reports whether app has a machine of this node other than m
+// that is started, healthy and below its hard limit.
+func otherRunning(app *routing.App, m *routing.Machine) bool {
+	for _, o := range app.Machines() {
+		if o != m && !o.Remote() && o.Started() && o.Healthy() && o.Band() != routing.AtHard {
+			return true
+		}
+	}
+	return false
+}
+
 // BackhaulHandler serves requests other edges send for this node's
 // machines. The backhaul authenticates the peer; this handler trusts what
 // the accepting edge says (which machine, the client's address, its
@@ -167,6 +178,15 @@ func (h *Handler) serveBackhaul(w http.ResponseWriter, r *http.Request) {
 		// refused: the accepting edge's view is stale and it has other
 		// candidates, Fly's PM11.)
 		if app := h.table.App(m.App); app != nil && h.autostarts(app) {
+			if h.wakes.RecentlyStopped(m.ID) && otherRunning(app, m) {
+				// Fly's PM11: stopped moments ago while this owner
+				// runs other machines of the app, so the accepting
+				// edge's view is stale. It picks again (and learns
+				// that this one is stopped) rather than wake it.
+				w.Header().Set(hdrRefused, refusedStopped)
+				h.fail(w, &x, CodeOwnerRefused, "machine "+id+" was stopped recently and other machines of its app run", nil)
+				return
+			}
 			if code, err := h.wake(r.Context(), m, &x); err != nil {
 				// Answered, not refused: the client learns why (PM03...).
 				h.fail(w, &x, code, err.Error(), err)

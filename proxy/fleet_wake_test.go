@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 )
 
@@ -36,5 +38,51 @@ command = [%q, "-listen-delay", "200ms"]
 	}
 	if st := owner.machineStatus(t, "m-nrt"); st.State != "started" {
 		t.Errorf("m-nrt at its owner after the wake: %q, want started", st.State)
+	}
+}
+
+// TestFleetRecentlyStopped: Fly's PM11. An owner asked to wake a machine it
+// stopped moments ago, while another machine of the app runs there,
+// refuses (the accepting edge's view is stale) instead of waking it.
+func TestFleetRecentlyStopped(t *testing.T) {
+	bin := buildTestApp(t)
+	running := startMachine(t, "m-run", headerEcho, nil)
+	cfg := fmt.Sprintf(`
+[[machine]]
+id      = "m-run"
+app     = "web"
+region  = "nrt"
+address = %q
+
+[[machine]]
+id      = "m-exec"
+app     = "web"
+region  = "nrt"
+address = %q
+[machine.driver]
+kind    = "exec"
+command = [%q]
+`, running.addr, deadAddr(t), bin)
+	owner := startEdge(t, "edge-nrt", "nrt", "", cfg)
+	eventually(t, 10e9, "m-exec started at boot", func() bool { return owner.machineStatus(t, "m-exec").State == "started" })
+	resp, err := adminClient.Post("http://"+owner.adminAddr+"/v1/apps/web/machines/m-exec/stop", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("admin stop: %d", resp.StatusCode)
+	}
+
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.Header.Set(hdrBackhaul, "machine=m-exec&length=0&wake=1&region=iad")
+	rec := httptest.NewRecorder()
+	owner.srv.handler.BackhaulHandler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get(hdrRefused) != refusedStopped {
+		t.Errorf("wake of the machine stopped moments ago while m-run runs: %d, refused %q; want 503 refused %q",
+			rec.Code, rec.Header().Get(hdrRefused), refusedStopped)
+	}
+	if st := owner.machineStatus(t, "m-exec").State; st != "stopped" {
+		t.Errorf("m-exec after the refused wake: %q, want stopped", st)
 	}
 }
