@@ -182,3 +182,43 @@ func TestAutostop(t *testing.T) {
 		t.Errorf("request after the autostop: %d %q (%s %q), want the machine's answer after a wake", r.status, r.body, hdrWoke, r.header.Get(hdrWoke))
 	}
 }
+
+// TestWakeResume: requests for an app whose machine is suspended resume
+// it: the same process answers (its memory kept), after a wake.
+func TestWakeResume(t *testing.T) {
+	bin := buildTestApp(t)
+	addr := deadAddr(t)
+	p := startProxy(t, strings.Replace(wakeConfig(addr, "", bin), `state   = "stopped"`, `state   = "started"`, 1))
+	c := newClient(t)
+	eventually(t, 10*time.Second, "m1 started at boot", func() bool { return p.machineStatus(t, "m1").State == "started" })
+	before := p.get(t, c, webHost, "/pid")
+	if before.status != 200 {
+		t.Fatalf("before the suspend: %d %q", before.status, before.body)
+	}
+	resp, err := adminClient.Post("http://"+p.adminAddr+"/v1/apps/web/machines/m1/suspend", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if st := p.machineStatus(t, "m1").State; resp.StatusCode != 200 || st != "suspended" {
+		t.Fatalf("admin suspend: %d, state %q; want 200 and suspended", resp.StatusCode, st)
+	}
+	var wg sync.WaitGroup
+	results := make([]result, 20)
+	for i := range results {
+		wg.Go(func() { results[i] = p.get(t, c, webHost, "/pid") })
+	}
+	wg.Wait()
+	woke := 0
+	for _, r := range results {
+		if r.status != 200 || r.body != before.body {
+			t.Fatalf("request while suspended: %d %q, want 200 from the same process %q", r.status, r.body, before.body)
+		}
+		if r.header.Get(hdrWoke) != "" {
+			woke++
+		}
+	}
+	if woke == 0 {
+		t.Errorf("no answer says it waited for the resume (%s)", hdrWoke)
+	}
+}
