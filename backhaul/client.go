@@ -68,6 +68,10 @@ type conn interface {
 	rejected(err error) bool
 	// cause is the error a connection that is no longer alive ended with.
 	cause() error
+	// retire is called when the connection is replaced by a new one: it
+	// closes once its requests in flight have ended (mux), or is left to
+	// its library's idle handling (h2, QUIC).
+	retire()
 	close()
 }
 
@@ -265,6 +269,7 @@ func (c *Client) peer(key peerKey) (p *peer, dialled bool, err error) {
 	}
 	if p != nil && p.err == nil {
 		c.retired = append(c.retired, p)
+		p.conn.retire()
 	}
 	next := make(map[peerKey]*peer, len(old)+1)
 	for k, q := range old {

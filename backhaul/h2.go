@@ -132,6 +132,7 @@ type h2Conn struct {
 func (h *h2Conn) roundTrip(req *http.Request) (*http.Response, error) { return h.cc.RoundTrip(req) }
 func (h *h2Conn) alive() bool                                         { return h.cc.Err() == nil }
 func (h *h2Conn) close()                                              { h.cc.Close() }
+func (h *h2Conn) retire()                                             {}
 
 // lost needs only the connection's state: net/http marks the connection
 // closed before it fails the streams on it.

@@ -89,6 +89,7 @@ var (
 	errStreamMalformed = errors.New("mux: the peer found the request malformed (not processed)")
 	errStreamDone      = errors.New("mux: stream finished")
 	errIdle            = errors.New("mux: no frame from the peer within the idle timeout")
+	errRetired         = errors.New("mux: connection replaced by a new one")
 )
 
 // protocolError is a peer that broke the protocol; the connection ends.
@@ -108,8 +109,11 @@ type muxConn struct {
 
 	mu      sync.Mutex
 	streams map[uint32]*muxStream
-	err     error         // why the connection ended; set once
-	done    chan struct{} // closed when it ended
+	err     error // why the connection ended; set once
+	// retiring: the connection takes no new stream and closes when its
+	// last one ends (a client's connection that was replaced).
+	retiring bool
+	done     chan struct{} // closed when it ended
 
 	reads atomic.Uint64 // frames read, for the idle check
 	pings chan []byte   // pings to answer, from the read loop to keepAlive
@@ -273,7 +277,11 @@ func (c *muxConn) remove(s *muxStream) {
 	if c.streams[s.id] == s {
 		delete(c.streams, s.id)
 	}
+	last := c.retiring && len(c.streams) == 0 && c.err == nil
 	c.mu.Unlock()
+	if last {
+		c.fail(errRetired)
+	}
 }
 
 // fail ends the connection with err: every stream fails with it and the

@@ -91,8 +91,21 @@ func (m *muxClient) alive() bool {
 }
 
 func (m *muxClient) lost(error) bool { return m.ended() != nil }
-func (m *muxClient) cause() error    { return m.ended() }
-func (m *muxClient) close()          { m.fail(ErrClosed) }
+
+// retire stops new streams and closes the connection once the streams on
+// it have ended: a connection that was replaced would otherwise keep
+// answering pings until the client closes.
+func (m *muxClient) retire() {
+	m.mu.Lock()
+	m.goAway, m.retiring = true, true
+	idle := len(m.streams) == 0 && m.err == nil
+	m.mu.Unlock()
+	if idle {
+		m.fail(errRetired)
+	}
+}
+func (m *muxClient) cause() error { return m.ended() }
+func (m *muxClient) close()       { m.fail(ErrClosed) }
 
 func (m *muxClient) rejected(err error) bool { return errors.Is(err, errStreamRefused) }
 

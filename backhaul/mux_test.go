@@ -1165,3 +1165,64 @@ func settle(t testing.TB, what string, v func() int64) int64 {
 		}
 	}
 }
+
+// TestMuxRetiredConnectionCloses: a connection replaced by a new one (a
+// request found it unusable) finishes the requests on it and then closes,
+// instead of answering pings until the client closes.
+func TestMuxRetiredConnectionCloses(t *testing.T) {
+	release := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			<-release
+		}
+		io.WriteString(w, "done")
+	})
+	p := newPair(t, ProtocolMux, h, Options{})
+	held := make(chan string, 1)
+	go func() {
+		resp, err := p.do(context.Background(), http.MethodGet, "/hold", nil)
+		if err != nil {
+			held <- "error: " + err.Error()
+			return
+		}
+		held <- readAll(t, resp)
+	}()
+	var old *peer
+	streams := func(q *peer) int {
+		m := q.conn.(*muxClient)
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return len(m.streams)
+	}
+	eventually(t, "the held request on the connection", func() bool {
+		for _, q := range *p.cli.peers.Load() {
+			select {
+			case <-q.ready: // dialled: conn is set
+			default:
+				continue
+			}
+			if q.err == nil && streams(q) > 0 {
+				old = q
+			}
+		}
+		return old != nil
+	})
+	old.broken.Store(true) // as after a refused stream: the next request redials
+	resp, err := p.do(context.Background(), http.MethodGet, "/", nil)
+	if err != nil || readAll(t, resp) != "done" {
+		t.Fatalf("request on the new connection: %v", err)
+	}
+	if old.conn.(*muxClient).ended() != nil {
+		t.Fatal("the retired connection closed with a request still on it")
+	}
+	close(release)
+	if got := <-held; got != "done" {
+		t.Fatalf("the request on the retired connection: %q, want done", got)
+	}
+	eventually(t, "the retired connection closed after its last request", func() bool {
+		return old.conn.(*muxClient).ended() != nil
+	})
+	if got := p.srv.accepted.Load(); got != 2 {
+		t.Errorf("server accepted %d connections, want 2 (the retired one and its replacement)", got)
+	}
+}

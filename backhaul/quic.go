@@ -57,6 +57,8 @@ func (q *quicConn) rejected(err error) bool {
 	return ok && e.Remote && e.ErrorCode == http3.ErrCodeRequestRejected
 }
 
+func (q *quicConn) retire() {}
+
 func (q *quicConn) close() {
 	q.qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
 }
