@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/godwit/godwit/bench/internal/child"
 )
 
 // bhRun is one load run of the backhaul benchmark.
@@ -46,7 +48,7 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 		return "", err
 	}
 	backendAddr := subnet + "100:18000"
-	backend := command(cfg.loadCPU, backendBin, "-addr", backendAddr)
+	backend := child.Command(cfg.loadCPU, backendBin, "-addr", backendAddr)
 	lf, err := os.Create(filepath.Join(tmpDir, "backend.log"))
 	if err != nil {
 		return "", err
@@ -56,9 +58,9 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 	if err := backend.Start(); err != nil {
 		return "", err
 	}
-	track(backend)
+	child.Track(backend)
 	backendDone := make(chan struct{})
-	go func() { backend.Wait(); untrack(backend); close(backendDone) }()
+	go func() { backend.Wait(); child.Untrack(backend); close(backendDone) }()
 	defer func() { backend.Process.Kill(); <-backendDone }()
 	if err := waitUntil(ctx, 10*time.Second, "the backend on "+backendAddr, func() bool {
 		c, err := net.DialTimeout("tcp", backendAddr, time.Second)

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/godwit/godwit/bench/internal/child"
 )
 
 // loadResult is one load run: wrk's figures, or the Go loop's.
@@ -39,7 +41,7 @@ func runWrk(ctx context.Context, cfg *config, url, host string, conns int, d tim
 	secs := max(int(d.Round(time.Second)/time.Second), 1)
 	// --timeout 10s: a stalled request shows in the latency instead of
 	// vanishing as an error.
-	cmd := command(cfg.loadCPU, "wrk", "-t1", "-c"+strconv.Itoa(conns), "-d"+strconv.Itoa(secs)+"s", "--latency", "--timeout", "10s", "-H", "Host: "+host, url)
+	cmd := child.Command(cfg.loadCPU, "wrk", "-t1", "-c"+strconv.Itoa(conns), "-d"+strconv.Itoa(secs)+"s", "--latency", "--timeout", "10s", "-H", "Host: "+host, url)
 	out, err := runChild(ctx, cmd, d+30*time.Second)
 	if err != nil {
 		return loadResult{}, out, fmt.Errorf("wrk: %w: %s", err, out)
@@ -109,8 +111,8 @@ func runChild(ctx context.Context, cmd *exec.Cmd, timeout time.Duration) (string
 	if err := cmd.Start(); err != nil {
 		return "", err
 	}
-	track(cmd)
-	defer untrack(cmd)
+	child.Track(cmd)
+	defer child.Untrack(cmd)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	var err error
@@ -141,7 +143,7 @@ func runGoLoad(ctx context.Context, cfg *config, url, host string, conns int, d 
 	if err != nil {
 		return loadResult{}, "", err
 	}
-	cmd := command(cfg.loadCPU, self, "-internal-load", "-url", url, "-host", host, "-c", strconv.Itoa(conns), "-d", d.String())
+	cmd := child.Command(cfg.loadCPU, self, "-internal-load", "-url", url, "-host", host, "-c", strconv.Itoa(conns), "-d", d.String())
 	out, err := runChild(ctx, cmd, d+30*time.Second)
 	if err != nil {
 		return loadResult{}, out, fmt.Errorf("go load: %w: %s", err, out)

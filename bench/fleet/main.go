@@ -34,6 +34,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/godwit/godwit/bench/internal/child"
 )
 
 // config is the parsed command line.
@@ -92,7 +94,7 @@ func main() {
 		stop()
 	}()
 	err = run(ctx, cfg)
-	killAll()
+	child.KillAll()
 	if tmpDir != "" {
 		if cfg.keepTmp || (err != nil && ctx.Err() == nil) {
 			logf("temp dir kept: %s (configs and every edge's log)", tmpDir)

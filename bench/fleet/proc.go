@@ -11,57 +11,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/godwit/godwit/bench/internal/child"
 )
-
-// procs is every child process the bench started and has not reaped:
-// killAll ends them on exit, whatever the exit.
-var procs struct {
-	sync.Mutex
-	m map[*exec.Cmd]struct{}
-}
-
-func track(c *exec.Cmd) {
-	procs.Lock()
-	defer procs.Unlock()
-	if procs.m == nil {
-		procs.m = map[*exec.Cmd]struct{}{}
-	}
-	procs.m[c] = struct{}{}
-}
-
-func untrack(c *exec.Cmd) {
-	procs.Lock()
-	defer procs.Unlock()
-	delete(procs.m, c)
-}
-
-// killAll SIGKILLs every child still running. The children are reaped by
-// their own goroutines; the caller may exit right after.
-func killAll() {
-	procs.Lock()
-	defer procs.Unlock()
-	for c := range procs.m {
-		if c.Process != nil {
-			c.Process.Kill()
-		}
-	}
-}
-
-// command returns cmd, pinned to cpu with taskset when cpu >= 0, set up
-// to die with the bench (see setPdeathsig).
-func command(cpu int, name string, args ...string) *exec.Cmd {
-	var c *exec.Cmd
-	if cpu >= 0 {
-		c = exec.Command("taskset", append([]string{"-c", strconv.Itoa(cpu), name}, args...)...)
-	} else {
-		c = exec.Command(name, args...)
-	}
-	setPdeathsig(c)
-	return c
-}
 
 // edge is one `godwit run` child. Its JSON log goes to a file in the temp
 // dir; the bound addresses are read from it as it is written.
@@ -83,7 +37,7 @@ func (e *edge) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	e.cmd = command(e.cpu, godwitBin, "run", "--config", e.cfgPath)
+	e.cmd = child.Command(e.cpu, godwitBin, "run", "--config", e.cfgPath)
 	e.cmd.Stdout = lf
 	stderr, err := e.cmd.StderrPipe()
 	if err != nil {
@@ -94,7 +48,7 @@ func (e *edge) start(ctx context.Context) error {
 		lf.Close()
 		return fmt.Errorf("start %s: %w", e.name, err)
 	}
-	track(e.cmd)
+	child.Track(e.cmd)
 	e.done = make(chan struct{})
 	type addrs struct{ http, admin string }
 	running := make(chan addrs, 1)
@@ -123,7 +77,7 @@ func (e *edge) start(ctx context.Context) error {
 		}
 		io.Copy(io.Discard, stderr)
 		e.cmd.Wait()
-		untrack(e.cmd)
+		child.Untrack(e.cmd)
 	}()
 	timeout := time.NewTimer(30 * time.Second)
 	defer timeout.Stop()
@@ -136,10 +90,10 @@ func (e *edge) start(ctx context.Context) error {
 		case <-joined:
 			gotJoin = true
 		case <-e.done:
-			return fmt.Errorf("%s exited before it was up; its log: %s\n%s", e.name, e.logPath, tail(e.logPath, 15))
+			return fmt.Errorf("%s exited before it was up; its log: %s\n%s", e.name, e.logPath, child.Tail(e.logPath, 15))
 		case <-timeout.C:
 			e.kill()
-			return fmt.Errorf("%s: not up within 30s; its log: %s\n%s", e.name, e.logPath, tail(e.logPath, 15))
+			return fmt.Errorf("%s: not up within 30s; its log: %s\n%s", e.name, e.logPath, child.Tail(e.logPath, 15))
 		case <-ctx.Done():
 			e.kill()
 			return ctx.Err()
@@ -177,16 +131,6 @@ func (e *edge) stop() {
 }
 
 func (e *edge) pid() int { return e.cmd.Process.Pid }
-
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
 
 // clkTck is the kernel's clock tick rate for /proc/PID/stat times.
 var clkTck = func() float64 {

@@ -32,6 +32,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/godwit/godwit/bench/internal/child"
 )
 
 // settings is the parsed command line.
@@ -71,7 +73,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "wake: -n and -waiters must be at least 1")
 		os.Exit(2)
 	}
-	if tasksetPath == "" {
+	if child.TasksetPath == "" {
 		s.proxyCPU, s.loadCPU = -1, -1
 	}
 	if s.loadCPU >= 0 && os.Getenv(pinnedEnv) == "" {
@@ -83,11 +85,11 @@ func main() {
 	go func() {
 		sig := <-sigs
 		fmt.Fprintf(os.Stderr, "wake: %v: killing every child\n", sig)
-		killAll()
+		child.KillAll()
 		os.Exit(130)
 	}()
 	err := run(s)
-	killAll()
+	child.KillAll()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "wake:", err)
 		os.Exit(1)
@@ -104,7 +106,7 @@ func reexecPinned(cpu int) int {
 		fmt.Fprintln(os.Stderr, "wake:", err)
 		return 1
 	}
-	c := command(cpu, append([]string{self}, os.Args[1:]...)...)
+	c := child.Command(cpu, append([]string{self}, os.Args[1:]...)...)
 	c.Env = append(os.Environ(), pinnedEnv+"=1")
 	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 	sigs := make(chan os.Signal, 2)
@@ -167,7 +169,7 @@ func run(s settings) error {
 	// the same core in both cases and taskset's exec is in both times.
 	machineArgv := appArgv
 	if s.loadCPU >= 0 {
-		machineArgv = append([]string{tasksetPath, "-c", strconv.Itoa(s.loadCPU)}, appArgv...)
+		machineArgv = append([]string{child.TasksetPath, "-c", strconv.Itoa(s.loadCPU)}, appArgv...)
 	}
 
 	ports, err := freePorts(3)

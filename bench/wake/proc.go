@@ -9,65 +9,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/godwit/godwit/bench/internal/child"
 )
-
-// procs is every child process the bench started and has not reaped:
-// killAll ends them on exit, whatever the exit.
-var procs struct {
-	sync.Mutex
-	m map[*exec.Cmd]struct{}
-}
-
-func track(c *exec.Cmd) {
-	procs.Lock()
-	defer procs.Unlock()
-	if procs.m == nil {
-		procs.m = map[*exec.Cmd]struct{}{}
-	}
-	procs.m[c] = struct{}{}
-}
-
-func untrack(c *exec.Cmd) {
-	procs.Lock()
-	defer procs.Unlock()
-	delete(procs.m, c)
-}
-
-// killAll SIGKILLs every child still running (SIGCONT first, for a
-// suspended one).
-func killAll() {
-	procs.Lock()
-	defer procs.Unlock()
-	for c := range procs.m {
-		if c.Process != nil {
-			c.Process.Signal(syscall.SIGCONT)
-			c.Process.Kill()
-		}
-	}
-}
-
-// command returns argv as a command, pinned to cpu with taskset when cpu
-// >= 0 and taskset exists, set up to die with the bench.
-func command(cpu int, argv ...string) *exec.Cmd {
-	if cpu >= 0 && tasksetPath != "" {
-		argv = append([]string{tasksetPath, "-c", strconv.Itoa(cpu)}, argv...)
-	}
-	c := exec.Command(argv[0], argv[1:]...)
-	setPdeathsig(c)
-	return c
-}
-
-// tasksetPath is taskset's path, "" when it is missing.
-var tasksetPath = func() string {
-	p, err := exec.LookPath("taskset")
-	if err != nil {
-		return ""
-	}
-	return p
-}()
 
 // app is one test app started by the bench itself (the baseline).
 type app struct {
@@ -78,16 +24,16 @@ type app struct {
 // startApp execs the test app with PORT set; the caller times from just
 // before this call.
 func startApp(argv []string, cpu int, port int) (*app, error) {
-	c := command(cpu, argv...)
+	c := child.Command(cpu, argv...)
 	c.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "FLY_MACHINE_ID=baseline")
 	if err := c.Start(); err != nil {
 		return nil, fmt.Errorf("start test app: %w", err)
 	}
-	track(c)
+	child.Track(c)
 	a := &app{cmd: c, done: make(chan struct{})}
 	go func() {
 		c.Wait()
-		untrack(c)
+		child.Untrack(c)
 		close(a.done)
 	}()
 	return a, nil
@@ -139,7 +85,7 @@ func startEdge(bin, cfgPath, logPath string, cpu int) (*edge, error) {
 		return nil, err
 	}
 	e := &edge{logPath: logPath, done: make(chan struct{})}
-	e.cmd = command(cpu, bin, "run", "--config", cfgPath)
+	e.cmd = child.Command(cpu, bin, "run", "--config", cfgPath)
 	e.cmd.Stdout = lf
 	stderr, err := e.cmd.StderrPipe()
 	if err != nil {
@@ -150,7 +96,7 @@ func startEdge(bin, cfgPath, logPath string, cpu int) (*edge, error) {
 		lf.Close()
 		return nil, fmt.Errorf("start godwit: %w", err)
 	}
-	track(e.cmd)
+	child.Track(e.cmd)
 	type addrs struct{ http, admin string }
 	running := make(chan addrs, 1)
 	go func() {
@@ -171,18 +117,18 @@ func startEdge(bin, cfgPath, logPath string, cpu int) (*edge, error) {
 		}
 		io.Copy(io.Discard, stderr)
 		e.cmd.Wait()
-		untrack(e.cmd)
+		child.Untrack(e.cmd)
 	}()
 	select {
 	case a := <-running:
 		e.http, e.admin = a.http, a.admin
 		return e, nil
 	case <-e.done:
-		return nil, fmt.Errorf("godwit exited before it was up; its log (%s):\n%s", logPath, tail(logPath, 15))
+		return nil, fmt.Errorf("godwit exited before it was up; its log (%s):\n%s", logPath, child.Tail(logPath, 15))
 	case <-time.After(30 * time.Second):
 		e.cmd.Process.Kill()
 		<-e.done
-		return nil, fmt.Errorf("godwit not up within 30s; its log (%s):\n%s", logPath, tail(logPath, 15))
+		return nil, fmt.Errorf("godwit not up within 30s; its log (%s):\n%s", logPath, child.Tail(logPath, 15))
 	}
 }
 
@@ -214,14 +160,4 @@ func killStray(pids map[int]bool, exe string) {
 		syscall.Kill(pid, syscall.SIGCONT)
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-}
-
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

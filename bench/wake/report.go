@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/godwit/godwit/bench/internal/child"
 )
 
 // readyInterval is autostart.DefaultReadyInterval, the pause between
@@ -89,7 +91,7 @@ func report(s settings, r results, info reportInfo) string {
 	p("## Setup\n\n")
 	p("- command: `%s`\n", strings.TrimSpace("go run ./bench/wake "+strings.Join(os.Args[1:], " ")))
 	p("- machine: %s, %d CPUs (nproc), Linux %s; load average before %s, after %s\n", cpuModel(), cpuCount(), kernel(), info.loadBefore, info.loadAfter)
-	if tasksetPath != "" && s.proxyCPU >= 0 {
+	if child.TasksetPath != "" && s.proxyCPU >= 0 {
 		p("- pinning (taskset): godwit on CPU %d (GOMAXPROCS follows: 1); the bench (the waiters) and the test app on CPU %d, alone or started by godwit (the machine's command is `taskset -c %d testapp`, so taskset's exec is in both times)\n", s.proxyCPU, s.loadCPU, s.loadCPU)
 	} else {
 		p("- pinning: none (taskset missing or turned off)\n")

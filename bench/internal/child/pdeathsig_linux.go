@@ -1,4 +1,4 @@
-package main
+package child
 
 import (
 	"os/exec"
@@ -6,7 +6,7 @@ import (
 )
 
 // setPdeathsig makes the kernel SIGKILL the child when the bench dies, even
-// by SIGKILL, so that no edge outlives it.
+// by SIGKILL, so that no child outlives it.
 func setPdeathsig(c *exec.Cmd) {
 	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
