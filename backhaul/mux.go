@@ -205,6 +205,46 @@ func (c *muxConn) discard(n int) error {
 	return err
 }
 
+// serveFrames reads frames until the connection fails: data, window,
+// reset and ping as handleCommon does, heads and trailers to heads, and
+// other types to other (nil: none), which reports whether it knew the
+// type. Unknown types are skipped: room to extend.
+func (c *muxConn) serveFrames(heads func(id uint32, b []byte, end bool) error, other func(typ frameType, n int) (bool, error)) error {
+	for {
+		typ, flags, id, n, err := c.readFrame()
+		if err != nil {
+			return err
+		}
+		if ok, err := c.handleCommon(typ, flags, id, n); ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if typ == frameHeaders {
+			b, err := c.payload(n)
+			if err != nil {
+				return err
+			}
+			if err := heads(id, b, flags&flagEnd != 0); err != nil {
+				return err
+			}
+			continue
+		}
+		if other != nil {
+			if ok, err := other(typ, n); ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		if err := c.discard(n); err != nil {
+			return err
+		}
+	}
+}
+
 // handleCommon handles the frames both sides treat alike: data, window,
 // reset and ping. It reports whether it knew the type.
 func (c *muxConn) handleCommon(typ frameType, flags uint8, id uint32, n int) (bool, error) {

@@ -113,43 +113,27 @@ func (m *muxClient) rejected(err error) bool { return errors.Is(err, errStreamRe
 func (m *muxClient) readLoop() { m.fail(m.readFrames()) }
 
 func (m *muxClient) readFrames() error {
-	for {
-		typ, flags, id, n, err := m.readFrame()
-		if err != nil {
-			return err
+	heads := func(id uint32, b []byte, end bool) error {
+		if s := m.stream(id); s != nil {
+			return s.receiveHead(b, end)
 		}
-		if ok, err := m.handleCommon(typ, flags, id, n); ok {
-			if err != nil {
-				return err
-			}
-			continue
-		}
-		switch typ {
-		case frameHeaders:
-			b, err := m.payload(n)
-			if err != nil {
-				return err
-			}
-			if s := m.stream(id); s != nil {
-				if err := s.receiveHead(b, flags&flagEnd != 0); err != nil {
-					return err
-				}
-			}
-		case frameGoAway:
-			if n != 4 {
-				return protocolError("goaway frame of " + strconv.Itoa(n) + " bytes")
-			}
-			b, err := m.payload(n)
-			if err != nil {
-				return err
-			}
-			m.goingAway(binary.BigEndian.Uint32(b))
-		default: // unknown types are skipped: room to extend
-			if err := m.discard(n); err != nil {
-				return err
-			}
-		}
+		return nil
 	}
+	goAway := func(typ frameType, n int) (bool, error) {
+		if typ != frameGoAway {
+			return false, nil
+		}
+		if n != 4 {
+			return true, protocolError("goaway frame of " + strconv.Itoa(n) + " bytes")
+		}
+		b, err := m.payload(n)
+		if err != nil {
+			return true, err
+		}
+		m.goingAway(binary.BigEndian.Uint32(b))
+		return true, nil
+	}
+	return m.serveFrames(heads, goAway)
 }
 
 // goingAway marks the connection closed to new streams and fails those

@@ -187,34 +187,7 @@ func (sc *muxServerConn) goAway() {
 	sc.write(frame{typ: frameGoAway, payload: b[:]})
 }
 
-func (sc *muxServerConn) readFrames() error {
-	for {
-		typ, flags, id, n, err := sc.readFrame()
-		if err != nil {
-			return err
-		}
-		if ok, err := sc.handleCommon(typ, flags, id, n); ok {
-			if err != nil {
-				return err
-			}
-			continue
-		}
-		switch typ {
-		case frameHeaders:
-			b, err := sc.payload(n)
-			if err != nil {
-				return err
-			}
-			if err := sc.headers(id, b, flags&flagEnd != 0); err != nil {
-				return err
-			}
-		default: // unknown types are skipped: room to extend
-			if err := sc.discard(n); err != nil {
-				return err
-			}
-		}
-	}
-}
+func (sc *muxServerConn) readFrames() error { return sc.serveFrames(sc.headers, nil) }
 
 // headers opens a stream, or takes a request's trailers.
 func (sc *muxServerConn) headers(id uint32, b []byte, end bool) error {
