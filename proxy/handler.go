@@ -45,6 +45,7 @@ type Handler struct {
 	// noAutostart names the apps with auto_start_machines = false.
 	noAutostart map[string]bool
 	noWakeWait  bool     // autostart.max_waiters = 0
+	softChecks  sync.Map // app name → *atomic.Int64: when autostartOnSoft last looked
 	pools       sync.Map // *routing.Machine → *upstream
 	tunnels     tunnels  // hijacked upgraded connections, closed on shutdown
 	draining    atomic.Bool
@@ -215,7 +216,7 @@ func (h *Handler) pick(ctx context.Context, app *routing.App, x *exchange, exclu
 		}
 	}
 	if err == nil && m.Band() != routing.BelowSoft && h.wakes != nil && h.autostarts(app) {
-		h.wakes.AutostartOnSoft(app.Name) // Fly's rule: every machine over soft, start one more
+		h.autostartOnSoft(app) // Fly's rule: every machine over soft, start one more
 	}
 	switch {
 	case errors.Is(err, routing.ErrInstanceUnavailable):

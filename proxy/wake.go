@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/godwit/godwit/autostart"
@@ -149,4 +150,26 @@ func (h *Handler) pickWoken(ctx context.Context, app *routing.App, x *exchange, 
 		return nil, CodeNoMachine, fmt.Errorf("machine %s woke but has no free slot: %w", wm.ID, err)
 	}
 	return m, "", nil
+}
+
+// softCheckEvery bounds how often a loaded app is checked for a machine to
+// start on the soft limit: the check scans the app's machines, and every
+// request over the soft limit would ask for it.
+const softCheckEvery = 10 * time.Millisecond
+
+// autostartOnSoft asks the Manager to start one more machine of app if
+// every started one is over its soft limit (Fly's rule), at most once per
+// softCheckEvery.
+func (h *Handler) autostartOnSoft(app *routing.App) {
+	v, ok := h.softChecks.Load(app.Name)
+	if !ok {
+		v, _ = h.softChecks.LoadOrStore(app.Name, new(atomic.Int64))
+	}
+	last := v.(*atomic.Int64)
+	now := time.Now().UnixNano()
+	prev := last.Load()
+	if now-prev < int64(softCheckEvery) || !last.CompareAndSwap(prev, now) {
+		return
+	}
+	h.wakes.AutostartOnSoft(app.Name)
 }
