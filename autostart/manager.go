@@ -177,7 +177,14 @@ type Options struct {
 	// before its in-flight requests are drained: the proxy sends
 	// WebSocket close frames there, so long-lived tunnels end instead of
 	// holding the drain for DrainTimeout. It must not block long.
-	BeforeStop   func(id string)
+	BeforeStop func(id string)
+	// Gone, if set, is called once a machine's process has ended: stopped
+	// (not suspended) by the Manager, or exited on its own. The proxy
+	// closes its idle connections to the machine there: each would fail
+	// the next request sent on it (and cost a retry on a new connection)
+	// after the machine starts again. It is called without the Manager's
+	// lock and must not block long.
+	Gone         func(id string)
 	StopInterval time.Duration // autostop period; default DefaultStopInterval
 	RecentStop   time.Duration // RecentlyStopped's window; default DefaultRecentStop
 
@@ -206,6 +213,7 @@ type Manager struct {
 	now        func() time.Time
 	ready      func(ctx context.Context, s *Spec) error
 	beforeStop func(id string)
+	gone       func(id string)
 
 	wakeTimeout   time.Duration
 	readyInterval time.Duration
@@ -293,6 +301,7 @@ func New(opts Options) (*Manager, error) {
 		now:           opts.Now,
 		ready:         opts.Ready,
 		beforeStop:    opts.BeforeStop,
+		gone:          opts.Gone,
 		wakeTimeout:   positive(opts.WakeTimeout, DefaultWakeTimeout),
 		readyInterval: positive(opts.ReadyInterval, DefaultReadyInterval),
 		backoffMin:    positive(opts.BackoffMin, DefaultBackoffMin),
@@ -692,9 +701,9 @@ func (m *Manager) watchExits(ch <-chan string) {
 // Exits of machines stopping or already down are the Manager's own doing.
 func (m *Manager) exited(id string) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	rec := m.machines[id]
 	if rec == nil {
+		m.mu.Unlock()
 		return
 	}
 	switch rec.state {
@@ -706,7 +715,13 @@ func (m *Manager) exited(id string) {
 	case routing.StateStarted:
 		rec.failedAt, rec.failure = m.now(), "exited on its own"
 		m.setStateLocked(id, rec, routing.StateStopped, "exited on its own")
+		m.mu.Unlock()
+		if m.gone != nil {
+			m.gone(id)
+		}
+		return
 	}
+	m.mu.Unlock()
 }
 
 // setStateLocked records a transition and applies it to the routing
@@ -859,6 +874,9 @@ func (m *Manager) runStop(id string, rec *machine, op *stopOp) {
 	}
 	m.reportStopLocked(rec, op, err)
 	m.mu.Unlock()
+	if err == nil && mode == ModeStop && m.gone != nil {
+		m.gone(id)
+	}
 }
 
 func (m *Manager) reportStopLocked(rec *machine, op *stopOp, err error) {

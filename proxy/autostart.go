@@ -42,9 +42,9 @@ func machineDrivers(cfg *config.Config, log *slog.Logger) (*autostart.Drivers, [
 }
 
 // newWakes builds the Manager that starts this node's machines on demand
-// and stops idle ones; beforeStop is its Options.BeforeStop (the handler's
-// goAwayTunnels). It runs goroutines: Server.Run makes it.
-func newWakes(cfg *config.Config, table *routing.Table, drivers *autostart.Drivers, specs []autostart.Spec, beforeStop func(id string), log *slog.Logger, reg prometheus.Registerer) (*autostart.Manager, error) {
+// and stops idle ones; h's goAwayTunnels and machineGone are its
+// BeforeStop and Gone. It runs goroutines: Server.Run makes it.
+func newWakes(cfg *config.Config, table *routing.Table, drivers *autostart.Drivers, specs []autostart.Spec, h *Handler, log *slog.Logger, reg prometheus.Registerer) (*autostart.Manager, error) {
 	apps := make(map[string]config.App, len(cfg.Apps))
 	policies := make(map[string]autostart.AppPolicy, len(cfg.Apps))
 	for _, a := range cfg.Apps {
@@ -64,7 +64,8 @@ func newWakes(cfg *config.Config, table *routing.Table, drivers *autostart.Drive
 		MaxWaiters:   max(as.MaxWaiters, 1),
 		Ready:        ready,
 		DrainTimeout: as.DrainTimeout,
-		BeforeStop:   beforeStop,
+		BeforeStop:   h.goAwayTunnels,
+		Gone:         h.machineGone,
 		StopInterval: as.StopInterval,
 		RecentStop:   as.RecentStop,
 		Log:          log,
@@ -129,4 +130,16 @@ var readyClient = &http.Client{
 	},
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	Timeout:       10 * time.Second,
+}
+
+// machineGone is the autostart Manager's Gone: the machine's process has
+// ended, so its idle connections are dead. Closing them now, rather than
+// finding out on the next request, saves every request after a cold start
+// a failed write and a second connect (bench/wake: 50 waiters each hit one).
+func (h *Handler) machineGone(id string) {
+	if m := h.table.Machine(id); m != nil {
+		if u, ok := h.pools.Load(m); ok {
+			u.(*upstream).dropIdle()
+		}
+	}
 }

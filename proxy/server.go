@@ -183,7 +183,7 @@ func (s *Server) Run(ctx context.Context) error {
 			rm.SetState(routing.StateStopped)
 		}
 	}
-	wakes, err := newWakes(s.cfg, s.table, s.drivers, s.specs, s.handler.goAwayTunnels, s.log.With("component", "autostart"), s.reg)
+	wakes, err := newWakes(s.cfg, s.table, s.drivers, s.specs, s.handler, s.log.With("component", "autostart"), s.reg)
 	if err != nil {
 		s.closeListeners()
 		s.closeMachines()

@@ -126,6 +126,22 @@ func (u *upstream) closeIdle(now time.Time, all bool) {
 	if all {
 		u.closed = true
 	}
+	drop := u.takeIdleLocked(now, all)
+	u.mu.Unlock()
+	closeAll(drop)
+}
+
+// dropIdle closes every idle connection; the pool keeps new ones.
+func (u *upstream) dropIdle() {
+	u.mu.Lock()
+	drop := u.takeIdleLocked(time.Time{}, true)
+	u.mu.Unlock()
+	closeAll(drop)
+}
+
+// takeIdleLocked removes from the pool and returns the idle connections
+// older than the idle timeout, or all of them. u.mu is held.
+func (u *upstream) takeIdleLocked(now time.Time, all bool) []*upConn {
 	keep := u.idle[:0]
 	var drop []*upConn
 	for _, c := range u.idle {
@@ -139,8 +155,11 @@ func (u *upstream) closeIdle(now time.Time, all bool) {
 		u.idle[i] = nil
 	}
 	u.idle = keep
-	u.mu.Unlock()
-	for _, c := range drop {
+	return drop
+}
+
+func closeAll(cs []*upConn) {
+	for _, c := range cs {
 		c.nc.Close()
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -221,4 +223,72 @@ func TestWakeResume(t *testing.T) {
 	if woke == 0 {
 		t.Errorf("no answer says it waited for the resume (%s)", hdrWoke)
 	}
+}
+
+// TestMachineGoneDropsIdle: once a machine's process has ended (stopped
+// through the admin API, or killed outside godwit), the proxy holds no
+// idle connection to it: each would fail the first requests after the
+// next start (the wake bench's 50 waiters each hit one and reconnected).
+// A suspend keeps them: the process and its sockets live on.
+func TestMachineGoneDropsIdle(t *testing.T) {
+	bin := buildTestApp(t)
+	addr := deadAddr(t)
+	p := startProxy(t, wakeConfig(addr, "", bin))
+	h := p.srv.handler
+	idle := func() int {
+		m := p.srv.table.Machine("m1")
+		if u, ok := h.pools.Load(m); ok {
+			return u.(*upstream).idleCount()
+		}
+		return 0
+	}
+	c := newClient(t)
+	fill := func() string {
+		t.Helper()
+		var wg sync.WaitGroup
+		results := make([]result, 8)
+		for i := range results {
+			wg.Go(func() { results[i] = p.get(t, c, webHost, "/pid") })
+		}
+		wg.Wait()
+		for _, r := range results {
+			if r.status != 200 {
+				t.Fatalf("request: %d %q, want the machine's answer", r.status, r.body)
+			}
+		}
+		eventually(t, 5*time.Second, "idle connections to m1 pooled", func() bool { return idle() > 0 })
+		return results[0].body
+	}
+	admin := func(op, want string) {
+		t.Helper()
+		resp, err := adminClient.Post("http://"+p.adminAddr+"/v1/apps/web/machines/m1/"+op, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if st := p.machineStatus(t, "m1").State; resp.StatusCode != 200 || st != want {
+			t.Fatalf("admin %s: %d, state %q; want 200 and %s", op, resp.StatusCode, st, want)
+		}
+	}
+
+	fill()
+	admin("suspend", "suspended")
+	if n := idle(); n == 0 {
+		t.Errorf("after a suspend: no idle connection kept, want them kept (the process lives)")
+	}
+	admin("start", "started")
+	fill()
+	admin("stop", "stopped")
+	eventually(t, 5*time.Second, "no idle connection to the stopped m1", func() bool { return idle() == 0 })
+
+	pid := fill() // woken by the requests
+	n, err := strconv.Atoi(strings.TrimSpace(pid))
+	if err != nil {
+		t.Fatalf("GET /pid answered %q", pid)
+	}
+	if err := syscall.Kill(n, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "m1 stopped after its process was killed", func() bool { return p.machineStatus(t, "m1").State == "stopped" })
+	eventually(t, 5*time.Second, "no idle connection to the killed m1", func() bool { return idle() == 0 })
 }

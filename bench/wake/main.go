@@ -224,6 +224,12 @@ func run(s settings) error {
 			return fmt.Errorf("round %d: app alone, resume: %w", i+1, err)
 		}
 		r.baseResume = append(r.baseResume, d)
+		warm := g.burst()
+		if warm.failed > 0 {
+			keep = true
+			return fmt.Errorf("round %d: godwit, machine running: %d of %d requests failed: %s", i+1, warm.failed, s.waiters, strings.Join(warm.failures, "; "))
+		}
+		r.warm = append(r.warm, warm.first)
 		cold, err := g.round("stop")
 		if err != nil {
 			keep = true
@@ -236,8 +242,8 @@ func run(s settings) error {
 			return fmt.Errorf("round %d: godwit, resume: %w", i+1, err)
 		}
 		r.resume = append(r.resume, resume)
-		fmt.Fprintf(os.Stderr, "wake: round %d/%d: alone cold %s resume %s | godwit cold first %s last %s (woke %s) failed %d | resume first %s last %s (woke %s) failed %d\n",
-			i+1, s.n, ms(r.baseCold[i]), ms(r.baseResume[i]),
+		fmt.Fprintf(os.Stderr, "wake: round %d/%d: alone cold %s resume %s | godwit running %s | cold first %s last %s (woke %s) failed %d | resume first %s last %s (woke %s) failed %d\n",
+			i+1, s.n, ms(r.baseCold[i]), ms(r.baseResume[i]), ms(r.warm[i]),
 			ms(cold.first), ms(cold.last), ms(cold.woke), cold.failed,
 			ms(resume.first), ms(resume.last), ms(resume.woke), resume.failed)
 	}
@@ -260,9 +266,12 @@ func run(s settings) error {
 	return nil
 }
 
-// results holds every round's measurements.
+// results holds every round's measurements: the app alone, cold and
+// resumed; godwit's burst to the running machine (warm: its first answer);
+// godwit's rounds.
 type results struct {
 	baseCold, baseResume []time.Duration
+	warm                 []time.Duration
 	cold, resume         []roundResult
 }
 
