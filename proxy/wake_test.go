@@ -292,3 +292,121 @@ func TestMachineGoneDropsIdle(t *testing.T) {
 	eventually(t, 5*time.Second, "m1 stopped after its process was killed", func() bool { return p.machineStatus(t, "m1").State == "stopped" })
 	eventually(t, 5*time.Second, "no idle connection to the killed m1", func() bool { return idle() == 0 })
 }
+
+// TestAutostartOnSoftLimit: with the only started machine at its soft
+// limit (out of the below-soft band), a stopped machine of the app is started (Fly's rule), while the
+// requests that pushed it over are served by the running one, without
+// waiting for the start.
+func TestAutostartOnSoftLimit(t *testing.T) {
+	bin := buildTestApp(t)
+	addr1, addr2 := deadAddr(t), deadAddr(t)
+	p := startProxy(t, fmt.Sprintf(`
+[[app]]
+name  = "web"
+hosts = [%q]
+[app.http_service.concurrency]
+type       = "requests"
+soft_limit = 2
+hard_limit = 10
+
+[[machine]]
+id      = "m1"
+app     = "web"
+address = %q
+state   = "started"
+[machine.driver]
+kind    = "exec"
+command = [%q]
+
+[[machine]]
+id      = "m2"
+app     = "web"
+address = %q
+state   = "stopped"
+[machine.driver]
+kind    = "exec"
+command = [%q]
+`, webHost, addr1, bin, addr2, bin))
+	eventually(t, 10*time.Second, "m1 started at boot", func() bool { return p.machineStatus(t, "m1").State == "started" })
+	c := newClient(t)
+	pid1 := p.get(t, c, webHost, "/pid")
+	if pid1.status != 200 {
+		t.Fatalf("GET /pid: %d %q", pid1.status, pid1.body)
+	}
+	if st := p.machineStatus(t, "m2").State; st != "stopped" {
+		t.Fatalf("m2 with m1 under its soft limit: %q, want stopped", st)
+	}
+
+	// Two requests held in flight on m1: it is at its soft limit of 2.
+	held := make(chan result, 2)
+	for range 2 {
+		go func() { held <- p.get(t, c, webHost, "/hold") }()
+	}
+	eventually(t, 10*time.Second, "m2 started with m1 at its soft limit", func() bool { return p.machineStatus(t, "m2").State == "started" })
+	select {
+	case r := <-held:
+		t.Fatalf("a held request was answered (%d %q) before its release", r.status, r.body)
+	default:
+	}
+	resp, err := http.Post("http://"+addr1+"/release", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for range 2 {
+		r := <-held
+		if r.status != 200 || r.body != pid1.body || r.header.Get(hdrWoke) != "" {
+			t.Errorf("held request: %d %q (%s %q), want 200 from m1 (%q) without a wake", r.status, r.body, hdrWoke, r.header.Get(hdrWoke), pid1.body)
+		}
+	}
+}
+
+// TestStopDrainsInFlight: a machine stopped through the admin API while
+// requests are in flight is cordoned, and stops only once they have been
+// answered: none is lost.
+func TestStopDrainsInFlight(t *testing.T) {
+	bin := buildTestApp(t)
+	addr := deadAddr(t)
+	p := startProxy(t, strings.Replace(wakeConfig(addr, "", bin), `state   = "stopped"`, `state   = "started"`, 1))
+	eventually(t, 10*time.Second, "m1 started at boot", func() bool { return p.machineStatus(t, "m1").State == "started" })
+	c := newClient(t)
+	const n = 5
+	held := make(chan result, n)
+	for range n {
+		go func() { held <- p.get(t, c, webHost, "/hold") }()
+	}
+	m := p.srv.table.Machine("m1")
+	eventually(t, 5*time.Second, "5 requests in flight on m1", func() bool { return m.Inflight() == n })
+	stopped := make(chan int, 1)
+	go func() {
+		resp, err := adminClient.Post("http://"+p.adminAddr+"/v1/apps/web/machines/m1/stop", "", nil)
+		if err != nil {
+			stopped <- 0
+			return
+		}
+		resp.Body.Close()
+		stopped <- resp.StatusCode
+	}()
+	eventually(t, 5*time.Second, "m1 stopping (cordoned, draining)", func() bool { return p.machineStatus(t, "m1").State == "stopping" })
+	select {
+	case code := <-stopped:
+		t.Fatalf("stop returned %d with %d requests still in flight", code, n)
+	default:
+	}
+	resp, err := http.Post("http://"+addr+"/release", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for range n {
+		if r := <-held; r.status != 200 {
+			t.Errorf("request in flight during the stop: %d %q, want the machine's answer", r.status, r.body)
+		}
+	}
+	if code := <-stopped; code != 200 {
+		t.Errorf("admin stop: %d, want 200", code)
+	}
+	if st := p.machineStatus(t, "m1").State; st != "stopped" {
+		t.Errorf("after the drain: m1 is %q, want stopped", st)
+	}
+}

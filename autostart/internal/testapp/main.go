@@ -1,7 +1,8 @@
 // Command testapp is the machine of autostart's tests: a small HTTP server
 // that behaves, on flags, like the apps a driver has to cope with. It
 // serves on 127.0.0.1:$PORT after -listen-delay; GET /env answers its
-// environment as a JSON object, GET /pid its process id, anything else
+// environment as a JSON object, GET /pid its process id, GET /hold its
+// process id once POST /release is called, anything else
 // "ok <FLY_MACHINE_ID>". On SIGINT or SIGTERM it exits (after
 // -exit-delay, printing "testapp: exiting on <signal>") or ignores the
 // signal, per -on-sigint and -on-sigterm; with -exit-after it exits on its
@@ -18,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -76,6 +78,29 @@ func main() {
 	})
 	mux.HandleFunc("GET /pid", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, os.Getpid())
+	})
+	// GET /hold answers (its pid) once POST /release is called, or when
+	// the client goes away: a request held in flight for as long as a
+	// test needs, with no sleep.
+	var (
+		gateMu sync.Mutex
+		gate   = make(chan struct{})
+	)
+	mux.HandleFunc("GET /hold", func(w http.ResponseWriter, r *http.Request) {
+		gateMu.Lock()
+		g := gate
+		gateMu.Unlock()
+		select {
+		case <-g:
+			fmt.Fprintln(w, os.Getpid())
+		case <-r.Context().Done():
+		}
+	})
+	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
+		gateMu.Lock()
+		close(gate)
+		gate = make(chan struct{})
+		gateMu.Unlock()
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok", os.Getenv("FLY_MACHINE_ID"))
