@@ -20,9 +20,9 @@ import (
 const maxFileSize = 4 << 20
 
 // Load reads, defaults and validates the config file at path. Relative
-// paths in the file (fly_toml, tls.cert_file, tls.key_file,
-// admin.token_file, gossip.secret_key_file) are resolved against the
-// directory of path.
+// paths in the file (fly_toml, tls.cert_file, tls.key_file and those of
+// [[tls.certificate]], admin.token_file, gossip.secret_key_file) are
+// resolved against the directory of path.
 //
 // A file that cannot be read gives an error wrapping the *fs.PathError. A
 // file with problems gives an [Errors] with every problem found, each with
@@ -276,18 +276,91 @@ func isLoopback(addr string) bool {
 }
 
 func (l *loader) tls(r *reader, t *TLS) {
-	cert := r.str("cert_file", &t.CertFile)
-	key := r.str("key_file", &t.KeyFile)
+	l.certPair(r, &t.CertFile, &t.KeyFile, false)
+	r.duration("reload_interval", &t.ReloadInterval, false)
+	type claim struct{ index, line int }
+	hosts := make(map[string]claim) // host → first certificate to list it
+	for i, cr := range r.tables("certificate") {
+		var c TLSCertificate
+		l.certPair(cr, &c.CertFile, &c.KeyFile, true)
+		var raw []string
+		if v := cr.strings("hosts", &raw); v != nil {
+			if len(raw) == 0 {
+				cr.errorf(v.line, "hosts", "want at least one host; leave hosts out to serve the certificate for its own DNS names")
+			}
+			for j, h := range raw {
+				line, key := v.arr[j].line, fmt.Sprintf("hosts[%d]", j)
+				h, err := certHost(h)
+				if err != nil {
+					cr.errorf(line, key, "%v", err)
+					continue
+				}
+				if first, dup := hosts[h]; dup {
+					if first.index == i {
+						cr.errorf(line, key, "host %q is listed twice (line %d)", h, first.line)
+					} else {
+						cr.errorf(line, key, "host %q is already served by tls.certificate[%d] (line %d)", h, first.index, first.line)
+					}
+					continue
+				}
+				hosts[h] = claim{i, line}
+				c.Hosts = append(c.Hosts, h)
+			}
+		}
+		cr.done()
+		t.Certificates = append(t.Certificates, c)
+	}
+	r.done()
+}
+
+// certPair reads the cert_file and key_file of [tls] or of a
+// [[tls.certificate]] (required is true: both must be set), and resolves
+// them against the config's directory.
+func (l *loader) certPair(r *reader, certFile, keyFile *string, required bool) {
+	cert := r.str("cert_file", certFile)
+	key := r.str("key_file", keyFile)
+	name := r.key // "tls.key_file"; within a [[tls.certificate]], "key_file"
+	if required {
+		name = func(k string) string { return k }
+	}
 	switch {
 	case r.has("cert_file") && cert == nil, r.has("key_file") && key == nil:
 		// Already reported.
-	case t.CertFile != "" && t.KeyFile == "":
-		r.errorf(cert.line, "cert_file", "tls.key_file is required with tls.cert_file")
-	case t.CertFile == "" && t.KeyFile != "":
-		r.errorf(key.line, "key_file", "tls.cert_file is required with tls.key_file")
+	case *certFile != "" && *keyFile == "":
+		r.errorf(cert.line, "cert_file", "%s is required with %s", name("key_file"), name("cert_file"))
+	case *certFile == "" && *keyFile != "":
+		r.errorf(key.line, "key_file", "%s is required with %s", name("cert_file"), name("key_file"))
+	case *certFile == "" && required:
+		line := r.line
+		if cert != nil {
+			line = cert.line
+		} else if key != nil {
+			line = key.line
+		}
+		r.errorf(line, "cert_file", "a [[tls.certificate]] needs cert_file and key_file")
 	}
-	t.CertFile, t.KeyFile = l.path(t.CertFile), l.path(t.KeyFile)
-	r.done()
+	*certFile, *keyFile = l.path(*certFile), l.path(*keyFile)
+}
+
+// certHost checks and lower-cases a host of a [[tls.certificate]]: a DNS
+// name that a client may send as its server name (SNI), or "*." and one,
+// which covers one label more.
+func certHost(h string) (string, error) {
+	h = strings.ToLower(h)
+	name := strings.TrimPrefix(h, "*.")
+	switch {
+	case strings.Contains(name, "*"):
+		return "", fmt.Errorf("%q: a wildcard is a whole first label, as in \"*.example.com\"", h)
+	case net.ParseIP(name) != nil || strings.HasPrefix(name, "["):
+		return "", fmt.Errorf("%q: clients never send an IP address as server name (SNI); they get the default certificate", h)
+	}
+	if _, err := normalizeHost(name); err != nil {
+		return "", err
+	}
+	if slices.Contains(strings.Split(name, "."), "") {
+		return "", fmt.Errorf("%q: want a host name without empty labels (no leading, trailing or double dot)", h)
+	}
+	return h, nil
 }
 
 func (l *loader) log(r *reader, lg *Log) {
@@ -350,8 +423,19 @@ func (l *loader) proxy(r *reader, p *Proxy) {
 	r.integer("replay_body_limit", &p.ReplayBodyLimit, 0, 1<<30)
 	r.integer("replay_cache_entries", &p.ReplayCacheEntries, 0, 10_000_000)
 	r.duration("drain_timeout", &p.DrainTimeout, false)
+	r.duration("drain_delay", &p.DrainDelay, false)
+	r.integer("max_connections", &p.MaxConnections, 0, maxConnections)
+	if v := r.integer("max_connections_per_app", &p.MaxConnectionsPerApp, 0, maxConnections); v != nil &&
+		p.MaxConnections > 0 && p.MaxConnectionsPerApp > p.MaxConnections {
+		r.errorf(v.line, "max_connections_per_app", "%d is more than proxy.max_connections (%d): it would never apply; leave it 0 for no cap per app",
+			p.MaxConnectionsPerApp, p.MaxConnections)
+	}
 	r.done()
 }
+
+// maxConnections bounds proxy.max_connections and
+// proxy.max_connections_per_app: far more than the sockets of one host.
+const maxConnections = 10_000_000
 
 func (l *loader) autostart(r *reader, a *Autostart) {
 	r.duration("stop_interval", &a.StopInterval, true)

@@ -29,6 +29,14 @@ admin = "10.0.0.1:9091"
 [tls]
 cert_file = "/etc/godwit/cert.pem"
 key_file = "key.pem"
+reload_interval = "1m"
+  [[tls.certificate]]
+  cert_file = "a.pem"
+  key_file = "a.key"
+  hosts = ["A.example.com", "*.a.example.com"]
+  [[tls.certificate]]
+  cert_file = "b.pem"
+  key_file = "/keys/b.key"
 
 [log]
 level = "debug"
@@ -68,6 +76,7 @@ max_idle_per_machine = 8
 replay_body_limit = 2097152
 replay_cache_entries = 0
 drain_timeout = "1m"
+drain_delay = "250ms"
 
 [autostart]
 stop_interval = "15s"
@@ -178,7 +187,11 @@ func TestParseEveryKey(t *testing.T) {
 		Path:   "full.toml",
 		Node:   Node{Name: "edge-ams-2", Region: "ams"},
 		Listen: Listen{HTTP: "0.0.0.0:80", HTTPS: "0.0.0.0:443", HTTP3: "0.0.0.0:443", Admin: "10.0.0.1:9091"},
-		TLS:    TLS{CertFile: "/etc/godwit/cert.pem", KeyFile: "/etc/godwit/key.pem"},
+		TLS: TLS{CertFile: "/etc/godwit/cert.pem", KeyFile: "/etc/godwit/key.pem", ReloadInterval: time.Minute,
+			Certificates: []TLSCertificate{
+				{CertFile: "/etc/godwit/a.pem", KeyFile: "/etc/godwit/a.key", Hosts: []string{"a.example.com", "*.a.example.com"}},
+				{CertFile: "/etc/godwit/b.pem", KeyFile: "/keys/b.key"},
+			}},
 		Log:    Log{Level: slog.LevelDebug, Format: "text", Access: false},
 		Admin:  Admin{TokenFile: "/etc/godwit/admin.token"},
 		Gossip: Gossip{Bind: "10.0.0.1:7946", Advertise: "203.0.113.1:7946", Join: []string{"10.0.0.2:7946", "edge-fra-1.internal:7946"}, SecretKeyFile: "/etc/godwit/gossip.key"},
@@ -198,6 +211,7 @@ func TestParseEveryKey(t *testing.T) {
 			ReplayBodyLimit:     2 << 20,
 			ReplayCacheEntries:  0,
 			DrainTimeout:        time.Minute,
+			DrainDelay:          250 * time.Millisecond,
 		},
 		Autostart: Autostart{StopInterval: 15 * time.Second, WakeTimeout: 5 * time.Second, MaxWaiters: 0, RecentStop: 0, DrainTimeout: 2 * time.Second},
 		Apps: []App{
@@ -312,6 +326,7 @@ func TestDefaults(t *testing.T) {
 		Node:     Node{Name: "test-host", Region: "local"},
 		Listen:   Listen{HTTP: "127.0.0.1:8080", Admin: "127.0.0.1:9090"},
 		Log:      Log{Level: slog.LevelInfo, Format: "json", Access: true},
+		TLS:      TLS{ReloadInterval: 5 * time.Second},
 		Backhaul: Backhaul{Protocol: "mux"},
 		Proxy: Proxy{
 			ReadHeaderTimeout:   10 * time.Second,
@@ -644,5 +659,146 @@ func TestErrorString(t *testing.T) {
 	var e Error
 	if !errors.As(error(errs), &e) || e != tests[0].err {
 		t.Errorf("errors.As: got %v, want the first Error", e)
+	}
+}
+
+// certA is a [[tls.certificate]] with its files, on lines 1 to 3; its
+// further keys start on line 4.
+const certA = "[[tls.certificate]]\ncert_file = \"a.pem\"\nkey_file = \"a.key\"\n"
+
+// tc0 and tc1 prefix the keys of the first and second [[tls.certificate]].
+const (
+	tc0 = "tls.certificate[0]."
+	tc1 = "tls.certificate[1]."
+)
+
+func TestTLSCertificateErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		toml string
+		want []wantErr
+	}{
+		{"certificate without key", "[tls]\n[[tls.certificate]]\ncert_file = \"a.pem\"\n", []wantErr{{3, tc0 + "cert_file", "key_file is required with cert_file"}}},
+		{"key without certificate", "[[tls.certificate]]\nkey_file = \"a.key\"\n", []wantErr{{2, tc0 + "key_file", "cert_file is required with key_file"}}},
+		{"neither file", "[[tls.certificate]]\nhosts = [\"a.example.com\"]\n", []wantErr{{1, tc0 + "cert_file", "needs cert_file and key_file"}}},
+		{"second certificate without key", certA + "[[tls.certificate]]\n\ncert_file = \"b.pem\"\n", []wantErr{{6, tc1 + "cert_file", "key_file is required"}}},
+		{"default without key still reported", "[tls]\ncert_file = \"c.pem\"\n" + certA, []wantErr{{2, "tls.cert_file", "tls.key_file is required with tls.cert_file"}}},
+		{"number for cert_file", "[[tls.certificate]]\ncert_file = 1\nkey_file = \"a.key\"\n", []wantErr{{2, tc0 + "cert_file", "must be a string"}}},
+		{"bad hosts", certA + "hosts = [\n  \"a.example.com:443\",\n  \"https://a.example.com\",\n  \"10.0.0.1\",\n  \"a.*.example.com\",\n  \"*\",\n  \"a..example.com\",\n  \"[::1]\",\n  \"*.*.example.com\",\n  \"example.com.\",\n]\n",
+			[]wantErr{
+				{5, tc0 + "hosts[0]", "must not have a port"},
+				{6, tc0 + "hosts[1]", "not a URL"},
+				{7, tc0 + "hosts[2]", "never send an IP address"},
+				{8, tc0 + "hosts[3]", "wildcard is a whole first label"},
+				{9, tc0 + "hosts[4]", "wildcard is a whole first label"},
+				{10, tc0 + "hosts[5]", "empty labels"},
+				{11, tc0 + "hosts[6]", "never send an IP address"},
+				{12, tc0 + "hosts[7]", "wildcard is a whole first label"},
+				{13, tc0 + "hosts[8]", "empty labels"},
+			}},
+		{"empty hosts", certA + "hosts = []\n", []wantErr{{4, tc0 + "hosts", "at least one host"}}},
+		{"string for hosts", certA + "hosts = \"a.example.com\"\n", []wantErr{{4, tc0 + "hosts", "must be an array of strings"}}},
+		{"host listed twice", certA + "hosts = [\"a.example.com\", \"A.example.com\"]\n", []wantErr{{4, tc0 + "hosts[1]", `host "a.example.com" is listed twice (line 4)`}}},
+		{"host in two certificates", certA + "hosts = [\"a.example.com\"]\n[[tls.certificate]]\ncert_file = \"b.pem\"\nkey_file = \"b.key\"\nhosts = [\n  \"*.example.com\",\n  \"A.example.com\",\n]\n",
+			[]wantErr{{10, tc1 + "hosts[1]", `host "a.example.com" is already served by tls.certificate[0] (line 4)`}}},
+		{"negative reload interval", "[tls]\n\nreload_interval = \"-1s\"\n", []wantErr{{3, "tls.reload_interval", "must not be negative"}}},
+		{"bad reload interval", "[tls]\nreload_interval = \"often\"\n", []wantErr{{2, "tls.reload_interval", "bad duration"}}},
+		{"unknown key in certificate", certA + "host = [\"a.example.com\"]\n", []wantErr{{4, tc0 + "host", `did you mean "hosts"?`}}},
+		{"certificate as a table", "[tls.certificate]\ncert_file = \"a.pem\"\nkey_file = \"a.key\"\n", []wantErr{{1, "tls.certificate", "must be an array of tables ([[tls.certificate]])"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parse([]byte(tt.toml), "t.toml", "", "test-host")
+			checkErrors(t, err, "t.toml", tt.want)
+		})
+	}
+}
+
+func TestTLSCertificates(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "godwit.toml")
+	data := `
+[tls]
+reload_interval = 0
+[[tls.certificate]]
+cert_file = "certs/a.pem"
+key_file  = "certs/a.key"
+hosts     = ["A.Example.com", "*.b.example.com", "localhost"]
+[[tls.certificate]]
+cert_file = "/etc/c.pem"
+key_file  = "../c.key"
+`
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatalf("Load: got error\n%v\nwant none", err)
+	}
+	want := TLS{Certificates: []TLSCertificate{
+		{CertFile: filepath.Join(dir, "certs/a.pem"), KeyFile: filepath.Join(dir, "certs/a.key"), Hosts: []string{"a.example.com", "*.b.example.com", "localhost"}},
+		{CertFile: "/etc/c.pem", KeyFile: filepath.Join(filepath.Dir(dir), "c.key")},
+	}}
+	if !reflect.DeepEqual(cfg.TLS, want) {
+		t.Errorf("tls:\ngot  %+v\nwant %+v", cfg.TLS, want)
+	}
+
+	// Parse leaves relative paths alone.
+	pc, err := Parse([]byte(data), "embedded.toml")
+	if err != nil {
+		t.Fatalf("Parse: got error %v, want none", err)
+	}
+	if got := pc.TLS.Certificates[0].CertFile; got != "certs/a.pem" {
+		t.Errorf("Parse: tls.certificate[0].cert_file: got %q, want %q", got, "certs/a.pem")
+	}
+}
+
+func TestConnectionLimits(t *testing.T) {
+	good := []struct {
+		name         string
+		toml         string
+		node, perApp int
+	}{
+		{"defaults: derived node cap, none per app", "", 0, 0},
+		{"both", "[proxy]\nmax_connections = 20000\nmax_connections_per_app = 2048\n", 20000, 2048},
+		{"per app equal to node", "[proxy]\nmax_connections = 3\nmax_connections_per_app = 3\n", 3, 3},
+		{"per app with a derived node cap", "[proxy]\nmax_connections_per_app = 500\n", 0, 500},
+		{"explicit zeros", "[proxy]\nmax_connections = 0\nmax_connections_per_app = 0\n", 0, 0},
+	}
+	for _, tc := range good {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tc.toml), "c.toml")
+			if err != nil {
+				t.Fatalf("got error\n%v\nwant none", err)
+			}
+			if cfg.Proxy.MaxConnections != tc.node || cfg.Proxy.MaxConnectionsPerApp != tc.perApp {
+				t.Errorf("got max_connections %d, max_connections_per_app %d; want %d, %d",
+					cfg.Proxy.MaxConnections, cfg.Proxy.MaxConnectionsPerApp, tc.node, tc.perApp)
+			}
+		})
+	}
+
+	bad := []struct {
+		name string
+		toml string
+		want []wantErr
+	}{
+		{"negative node", "[proxy]\n\nmax_connections = -1\n", []wantErr{{3, "proxy.max_connections", "must not be negative"}}},
+		{"negative per app", "[proxy]\nmax_connections_per_app = -5\n", []wantErr{{2, "proxy.max_connections_per_app", "must not be negative"}}},
+		{"node too large", "[proxy]\nmax_connections = 10000001\n", []wantErr{{2, "proxy.max_connections", "at most 10000000"}}},
+		{"per app too large", "[proxy]\nmax_connections_per_app = 99999999999\n", []wantErr{{2, "proxy.max_connections_per_app", "at most 10000000"}}},
+		{"node not an integer", "[proxy]\nmax_connections = \"many\"\n", []wantErr{{2, "proxy.max_connections", "integer"}}},
+		{"per app a float", "[proxy]\nmax_connections_per_app = 1.5\n", []wantErr{{2, "proxy.max_connections_per_app", "integer"}}},
+		{"per app above node", "[proxy]\nmax_connections = 100\n\nmax_connections_per_app = 101\n",
+			[]wantErr{{4, "proxy.max_connections_per_app", "more than proxy.max_connections (100)"}}},
+		{"per app above a bad node: only the node's error", "[proxy]\nmax_connections = -3\nmax_connections_per_app = 101\n",
+			[]wantErr{{2, "proxy.max_connections", "must not be negative"}}},
+		{"misspelt", "[proxy]\nmax_connection = 10\n", []wantErr{{2, "proxy.max_connection", `did you mean "max_connections"?`}}},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.toml), "c.toml")
+			checkErrors(t, err, "c.toml", tc.want)
+		})
 	}
 }

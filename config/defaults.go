@@ -34,6 +34,7 @@ func defaults(hostname string) defaultSet {
 				HTTP3: "", // off
 				Admin: "127.0.0.1:9090",
 			},
+			TLS:      TLS{ReloadInterval: 5 * time.Second},
 			Backhaul: Backhaul{Protocol: BackhaulMux},
 			Log: Log{
 				Level:  slog.LevelInfo,

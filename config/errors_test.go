@@ -152,6 +152,7 @@ func TestErrors(t *testing.T) {
 		{"duration garbage", minimalApp + "[[app.http_service.checks]]\ninterval = \"soon\"\n", []wantErr{{5, "app[0].http_service.checks[0].interval", `bad duration "soon"`}}},
 		{"negative duration", "[proxy]\nconnect_timeout = \"-1s\"\n", []wantErr{{2, "proxy.connect_timeout", "must not be negative"}}},
 		{"negative ms", "[proxy]\ndrain_timeout = -5\n", []wantErr{{2, "proxy.drain_timeout", "must not be negative"}}},
+		{"negative drain_delay", "[proxy]\ndrain_delay = \"-1s\"\n", []wantErr{{2, "proxy.drain_delay", "must not be negative"}}},
 		{"zero timeout", "[proxy]\nread_header_timeout = 0\n", []wantErr{{2, "proxy.read_header_timeout", "more than zero"}}},
 		{"zero check interval", minimalApp + "[[app.http_service.tcp_checks]]\ninterval = \"0s\"\n", []wantErr{{5, "app[0].http_service.tcp_checks[0].interval", "more than zero"}}},
 		{"huge ms", "[proxy]\ndrain_timeout = 9223372036854775807\n", []wantErr{{2, "proxy.drain_timeout", "too long"}}},

@@ -45,13 +45,35 @@ type Listen struct {
 	Admin string // /metrics, /healthz, /v1/...
 }
 
-// TLS names the certificate for listen.https. Both empty means a generated
-// self-signed certificate (with a warning in the log); one without the other
-// is an error. Relative paths in the file are resolved against the config
+// TLS names the certificates of listen.https and listen.http3. CertFile and
+// KeyFile are the default certificate, served to clients whose server name
+// (SNI) no entry of Certificates covers and to clients that send none; both
+// or neither. Without them the first of Certificates is the default. With
+// no certificate at all, a self-signed one is generated (with a warning in
+// the log). Relative paths in the file are resolved against the config
 // file's directory, as are admin.token_file and gossip.secret_key_file.
 type TLS struct {
 	CertFile string
 	KeyFile  string
+	// Certificates are served by SNI, from [[tls.certificate]] tables, in
+	// file order.
+	Certificates []TLSCertificate
+	// ReloadInterval is how often the certificate files are read again to
+	// pick up renewed ones; 0 means only on an explicit reload (SIGHUP,
+	// POST /v1/reload). Default 5s.
+	ReloadInterval time.Duration
+}
+
+// TLSCertificate is one [[tls.certificate]]: a certificate chain and its
+// key, both PEM, and the server names it is served for.
+type TLSCertificate struct {
+	CertFile string
+	KeyFile  string
+	// Hosts are lower-case DNS names; "*.example.com" covers exactly one
+	// label before example.com. Empty means the DNS names (SANs) of the
+	// certificate itself, read again on every reload. No host is in two
+	// entries.
+	Hosts []string
 }
 
 // Log formats.
@@ -129,6 +151,23 @@ type Proxy struct {
 	ReplayBodyLimit     int           // bytes of a request body kept so fly-replay can resend it; default 1 MiB (Fly's)
 	ReplayCacheEntries  int           // replay-cache entries kept, bounding its memory (the oldest makes room); 0 turns it off; default 10000
 	DrainTimeout        time.Duration // in-flight requests get this long on shutdown; default 30s
+	// DrainDelay is how long a node shutting down keeps accepting
+	// connections after it left gossip and /healthz began to answer 503,
+	// so that a load balancer in front stops sending it new ones before
+	// its listeners close (a connection still in the listen backlog when
+	// they close is reset). Default 0: close at once.
+	DrainDelay time.Duration
+	// MaxConnections caps the node's client connections, over its http,
+	// https and http3 listeners together (not admin, not the backhaul);
+	// one more is answered 503 PL05 and closed. 0 (the default) derives
+	// the cap from the open-file limit (RLIMIT_NOFILE), which the proxy
+	// reads at start.
+	MaxConnections int
+	// MaxConnectionsPerApp caps the client connections serving one app at
+	// once: a connection serves an app from its first request for it
+	// until it closes. A request that would open one more gets 503 PL06.
+	// 0 (the default) means no cap but MaxConnections.
+	MaxConnectionsPerApp int
 }
 
 // Autostart holds the [autostart] table: how machines are woken for
