@@ -29,6 +29,7 @@ func (n *Node) joinLoop() {
 	if len(peers) > 0 {
 		n.joinWithBackoff(peers)
 	}
+	n.joinedOnce.Do(func() { close(n.joined) })
 	for n.wait(n.cfg.ReconnectInterval) {
 		if n.left.Load() {
 			return
@@ -36,6 +37,13 @@ func (n *Node) joinLoop() {
 		n.reconnect(peers)
 	}
 }
+
+// Joined returns a channel closed once the node has joined its fleet: a
+// peer answered and the two exchanged their full state (memberlist's
+// push/pull), so the node knows every member's machines. With no peer to
+// join it is closed at once; while no peer answers, it stays open. (It
+// is also closed when the node stops.)
+func (n *Node) Joined() <-chan struct{} { return n.joined }
 
 // joinPeers returns cfg.Join without this node's own address (a fleet's
 // configuration often lists every node): joining oneself "succeeds"

@@ -28,9 +28,14 @@ type Node struct {
 	coords  *coords
 	meta    []byte
 	changes chan struct{}
-	kick    chan struct{} // SetLocal scheduled a band flush
-	quit    chan struct{}
-	wg      sync.WaitGroup
+	// joined is closed once the node has joined its fleet (a peer of
+	// cfg.Join answered and the state was exchanged), or at once when
+	// it has no peer to join.
+	joined     chan struct{}
+	joinedOnce sync.Once
+	kick       chan struct{} // SetLocal scheduled a band flush
+	quit       chan struct{}
+	wg         sync.WaitGroup
 
 	maxBroadcast int          // largest update that fits a gossip packet
 	alive        atomic.Int32 // live members, this node included
@@ -74,6 +79,7 @@ func Start(cfg Config) (*Node, error) {
 		coords:  newCoords(),
 		meta:    encodeMeta(meta{Region: cfg.Region, BackhaulAddr: cfg.BackhaulAddr, Fingerprint: strings.ToLower(cfg.CertFingerprint)}),
 		changes: make(chan struct{}, 1),
+		joined:  make(chan struct{}),
 		kick:    make(chan struct{}, 1),
 		quit:    make(chan struct{}),
 		tab:     newTable(cfg.Name, cfg.DeadOwnerTTL),

@@ -240,7 +240,8 @@ func TestRestartNewAddress(t *testing.T) {
 }
 
 // TestJoinBeforePeerStarts starts a node whose only peer is not up yet:
-// Start returns at once and the node joins when the peer comes.
+// Start returns at once and the node joins when the peer comes; Joined
+// tells when.
 func TestJoinBeforePeerStarts(t *testing.T) {
 	peerAddr := freeAddr(t)
 
@@ -259,9 +260,29 @@ func TestJoinBeforePeerStarts(t *testing.T) {
 		return nil
 	})
 
+	select {
+	case <-b.Joined():
+		t.Fatal("Joined closed while edge-b's only peer is down")
+	default:
+	}
+
 	acfg := loopback("edge-a", "iad")
 	acfg.Bind = peerAddr
 	a := start(t, acfg)
+	select {
+	case <-a.Joined(): // no peer to join: at once
+	case <-time.After(5 * time.Second):
+		t.Fatal("Joined of a node with no peer configured not closed")
+	}
+	select {
+	case <-b.Joined():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Joined of edge-b not closed once its peer answered")
+	}
+	// Joined means the join's state exchange is done: b knows a.
+	if !b.isAlive("edge-a") {
+		t.Error("edge-b joined but does not know edge-a as alive")
+	}
 	waitMembers(t, []*Node{a, b}, 10*time.Second)
 }
 

@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,17 +53,18 @@ func (s *Server) adminHandler(gatherer prometheus.Gatherer) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	// Profiles are as sensitive as the admin API itself, which binds to
-	// loopback unless a token protects it.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	// loopback unless a token protects it; with a token they need it.
+	mux.HandleFunc("GET /debug/pprof/", s.authorized(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/profile", s.authorized(pprof.Profile))
+	mux.HandleFunc("GET /debug/pprof/trace", s.authorized(pprof.Trace))
 	mux.HandleFunc("GET /v1/machines", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, s.Machines())
 	})
 	mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, s.Members())
 	})
-	mux.HandleFunc("POST /v1/apps/{app}/machines/{id}/{op}", s.adminMachineOp)
+	mux.HandleFunc("POST /v1/apps/{app}/machines/{id}/{op}", s.authorized(s.adminMachineOp))
+	mux.HandleFunc("POST /v1/reload", s.authorized(s.adminReload))
 	return mux
 }
 
@@ -199,4 +203,40 @@ func adminError(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// authorized guards a mutating (or sensitive) admin endpoint: with
+// admin.token_file set it needs "Authorization: Bearer <token>", compared
+// in constant time; without one (the admin API then listens on loopback
+// only: config refuses otherwise) it is open.
+func (s *Server) authorized(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		want := *s.adminToken.Load()
+		if want == "" {
+			h(w, r)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(want)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="godwit admin"`)
+			adminError(w, http.StatusUnauthorized, "this admin call needs the bearer token of admin.token_file: Authorization: Bearer <token>")
+			return
+		}
+		h(w, r)
+	}
+}
+
+// adminReload is POST /v1/reload: the config file is read again and
+// applied (Server.Reload). 200 with the report; 400 with the errors, lines
+// included, when the new config is refused (the old one keeps running).
+func (s *Server) adminReload(w http.ResponseWriter, r *http.Request) {
+	rep, err := s.ReloadSource()
+	switch {
+	case errors.Is(err, ErrNotRunning):
+		adminError(w, http.StatusServiceUnavailable, err.Error())
+	case err != nil:
+		adminError(w, http.StatusBadRequest, err.Error())
+	default:
+		writeJSON(w, rep)
+	}
 }

@@ -20,46 +20,55 @@ import (
 // specs from config, checking what can be checked before they run (an http
 // driver's token, say).
 func machineDrivers(cfg *config.Config, log *slog.Logger) (*autostart.Drivers, []autostart.Spec, error) {
-	apps := make(map[string]config.App, len(cfg.Apps))
-	for _, a := range cfg.Apps {
-		apps[a.Name] = a
-	}
 	drivers := autostart.NewDrivers(autostart.DriverOptions{
 		Exec:   autostart.ExecOptions{Log: log},
 		HTTP:   autostart.HTTPOptions{Log: log},
 		Getenv: os.Getenv,
 	})
+	specs, err := machineSpecs(drivers, cfg)
+	if err != nil {
+		drivers.Close()
+		return nil, nil, err
+	}
+	return drivers, specs, nil
+}
+
+// machineSpecs builds the specs of cfg's machines for drivers (at boot and
+// on a reload).
+func machineSpecs(drivers *autostart.Drivers, cfg *config.Config) ([]autostart.Spec, error) {
+	apps := make(map[string]config.App, len(cfg.Apps))
+	for _, a := range cfg.Apps {
+		apps[a.Name] = a
+	}
 	specs := make([]autostart.Spec, 0, len(cfg.Machines))
 	for _, m := range cfg.Machines {
 		s, err := drivers.SpecFor(m, apps[m.App])
 		if err != nil {
-			drivers.Close()
-			return nil, nil, fmt.Errorf("machine %s: %w", m.ID, err)
+			return nil, fmt.Errorf("machine %s: %w", m.ID, err)
 		}
 		specs = append(specs, s)
 	}
-	return drivers, specs, nil
+	return specs, nil
 }
 
 // newWakes builds the Manager that starts this node's machines on demand
 // and stops idle ones; h's goAwayTunnels and machineGone are its
 // BeforeStop and Gone. It runs goroutines: Server.Run makes it.
 func newWakes(cfg *config.Config, table *routing.Table, drivers *autostart.Drivers, specs []autostart.Spec, h *Handler, log *slog.Logger, reg prometheus.Registerer) (*autostart.Manager, error) {
-	apps := make(map[string]config.App, len(cfg.Apps))
-	policies := make(map[string]autostart.AppPolicy, len(cfg.Apps))
-	for _, a := range cfg.Apps {
-		apps[a.Name] = a
-		policies[a.Name] = appPolicy(a)
-	}
 	ready := func(ctx context.Context, s *autostart.Spec) error {
-		return readyCheck(ctx, s, apps[s.App])
+		// The app's config as of now: a reload may have changed its checks.
+		var app config.App
+		if a := table.App(s.App); a != nil {
+			app = a.Config
+		}
+		return readyCheck(ctx, s, app)
 	}
 	as := cfg.Autostart
 	return autostart.New(autostart.Options{
 		Table:        table,
 		Driver:       drivers,
 		Machines:     specs,
-		Apps:         policies,
+		Apps:         appPolicies(cfg.Apps),
 		WakeTimeout:  as.WakeTimeout,
 		MaxWaiters:   max(as.MaxWaiters, 1),
 		Ready:        ready,
@@ -71,6 +80,15 @@ func newWakes(cfg *config.Config, table *routing.Table, drivers *autostart.Drive
 		Log:          log,
 		Registerer:   reg,
 	})
+}
+
+// appPolicies maps every app to its autostop settings.
+func appPolicies(apps []config.App) map[string]autostart.AppPolicy {
+	policies := make(map[string]autostart.AppPolicy, len(apps))
+	for _, a := range apps {
+		policies[a.Name] = appPolicy(a)
+	}
+	return policies
 }
 
 // appPolicy is an app's autostop settings.

@@ -37,6 +37,14 @@ const (
 	// ambiguously: both Content-Length and Transfer-Encoding, a folded
 	// header line, or chunked framing net/http could not follow.
 	CodeAmbiguousFraming Code = "PX01"
+	// 503: the edge is at proxy.max_connections; the connection is
+	// answered by its listener (the request never reaches the handler)
+	// and closed.
+	CodeNodeConnLimit Code = "PL05"
+	// 503: the app is at proxy.max_connections_per_app on this edge and
+	// the connection holds none of its slots; the connection is closed
+	// after the answer.
+	CodeAppConnLimit Code = "PL06"
 )
 
 var codeStatus = map[Code]int{
@@ -62,6 +70,8 @@ var codeStatus = map[Code]int{
 	CodeWakeCanceled:        http.StatusServiceUnavailable,
 	CodeWakeBusy:            http.StatusServiceUnavailable,
 	CodeAmbiguousFraming:    http.StatusBadRequest,
+	CodeNodeConnLimit:       http.StatusServiceUnavailable,
+	CodeAppConnLimit:        http.StatusServiceUnavailable,
 }
 
 // Status is the HTTP status a client gets for the code.
@@ -90,7 +100,7 @@ func writeError(w http.ResponseWriter, code Code, requestID, msg string) {
 	body += "\n"
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	status := code.Status()
-	if code == CodeDraining || code == CodeQueueFull || code == CodeQueueTimeout {
+	if code == CodeDraining || code == CodeQueueFull || code == CodeQueueTimeout || code == CodeAppConnLimit {
 		h.Set("Retry-After", "1")
 	}
 	w.WriteHeader(status)

@@ -56,6 +56,34 @@ type fleet struct {
 	addrs map[string]string // backhaul address → region, for the simulated RTT
 	// synced is closed (and replaced) when sync has set new pins.
 	synced chan struct{}
+	// ready is closed once the node's first sync after joining the
+	// fleet has put the other edges' machines in the routing table.
+	ready chan struct{}
+}
+
+// warmupWait bounds how long a request that finds no machine waits for a
+// node that has just started to join its fleet (warm): the app's
+// machines may all be other edges', which it does not know yet.
+const warmupWait = 3 * time.Second
+
+// warmup waits until the node has joined its fleet and synced (ready),
+// warmupWait at most, or until ctx ends. It reports whether it had to
+// wait and the node is ready now; false at once when it was ready before.
+func (f *fleet) warmup(ctx context.Context) bool {
+	select {
+	case <-f.ready:
+		return false
+	default:
+	}
+	t := time.NewTimer(warmupWait)
+	defer t.Stop()
+	select {
+	case <-f.ready:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 // pinWait is how long a backhaul handshake waits for the peer's certificate
@@ -73,7 +101,7 @@ func newFleet(cfg *config.Config, table *routing.Table, h *Handler, log *slog.Lo
 		return nil, nil
 	}
 	f := &fleet{table: table, region: cfg.Node.Region, log: log, publishEvery: publishEvery,
-		pins: map[string]bool{}, addrs: map[string]string{}, synced: make(chan struct{})}
+		pins: map[string]bool{}, addrs: map[string]string{}, synced: make(chan struct{}), ready: make(chan struct{})}
 	f.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "godwit_backhaul_requests_total",
 		Help: "Requests sent over the backhaul to the owner edges of machines, by the owner's region.",
@@ -267,12 +295,17 @@ func (f *fleet) run(ctx context.Context) error {
 	defer tick.Stop()
 	f.publish() // at once, withdrawing what a previous run published and is gone
 	f.sync()
+	joined := f.node.Joined()
 	for {
 		select {
 		case <-ctx.Done():
 			f.leave()
 			f.close()
 			return <-errc
+		case <-joined:
+			joined = nil
+			f.sync()
+			close(f.ready)
 		case <-f.node.Changes():
 			f.sync()
 		case <-f.table.LocalChanges():

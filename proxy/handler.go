@@ -39,16 +39,18 @@ type Handler struct {
 	// request path (passive health); nil means nobody listens.
 	markFailing func(machineID string, err error)
 
-	cache *replay.Cache      // nil: disabled
-	fleet Fleet              // nil: a single node, no backhaul
-	wakes *autostart.Manager // nil: no machine is started on demand
-	// noAutostart names the apps with auto_start_machines = false.
-	noAutostart map[string]bool
-	noWakeWait  bool     // autostart.max_waiters = 0
-	softChecks  sync.Map // app name → *atomic.Int64: when autostartOnSoft last looked
-	pools       sync.Map // *routing.Machine → *upstream
-	tunnels     tunnels  // hijacked upgraded connections, closed on shutdown
-	draining    atomic.Bool
+	cache      *replay.Cache      // nil: disabled
+	fleet      Fleet              // nil: a single node, no backhaul
+	wakes      *autostart.Manager // nil: no machine is started on demand
+	noWakeWait bool               // autostart.max_waiters = 0
+	softChecks sync.Map           // app name → *atomic.Int64: when autostartOnSoft last looked
+	pools      sync.Map           // *routing.Machine → *upstream
+	tunnels    tunnels            // hijacked upgraded connections, closed on shutdown
+	draining   atomic.Bool
+	// warmup, set while the node is in a fleet, waits (bounded) for a node
+	// that has just started to join it, and reports whether it waited and
+	// is now joined (fleet.warmup).
+	warmup func(ctx context.Context) bool
 }
 
 // listenerInfo is what a request learns from the listener that took it.
@@ -56,6 +58,9 @@ type listenerInfo struct {
 	proto string // "http" or "https"
 	port  string // the port clients connect to
 	ssl   string // "on" or "off"
+	// altSvc is the Alt-Svc header of every response (listen.http3
+	// advertised on the https and http3 listeners); nil: none.
+	altSvc []string
 }
 
 // handlerFor binds the handler to one listener.
@@ -100,6 +105,8 @@ type exchange struct {
 	// tunnelIn is, on an owner, the backhaul request body of an upgrade:
 	// the client's side of the tunnel once the machine switches protocols.
 	tunnelIn io.ReadCloser
+	// altSvc is the listener's Alt-Svc header (listenerInfo.altSvc).
+	altSvc []string
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo) {
@@ -107,6 +114,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 	x.requestID = h.ids.next(x.start)
 	x.idHeader = []string{x.requestID}
 	w.Header()[hdrRequestIDResp] = x.idHeader
+	h.closeAfterDrain(w, r)
+	if li.altSvc != nil {
+		x.altSvc = li.altSvc
+		w.Header()[hdrAltSvc] = li.altSvc
+	}
 	defer h.finish(r, &x)
 
 	// Both framings at once is how requests get smuggled (RFC 9112 6.3):
@@ -120,6 +132,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 			return
 		}
 	}
+	if extendedConnect(r) { // WebSocket over HTTP/3 (http3.go)
+		h.fail(w, &x, CodeUpgradeRejected, "extended CONNECT (RFC 9220) is not supported; upgrade over HTTP/1.1 instead", nil)
+		return
+	}
 
 	app := h.table.AppForHost(r.Host)
 	if app == nil {
@@ -127,6 +143,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 		return
 	}
 	x.app = app
+	// The connection holds a slot of the app from its first request for
+	// it (connlimit.go); one the app has no slot left for is closed.
+	if cs := connSlotFrom(r.Context()); cs != nil && !cs.admitApp(app.Name) {
+		w.Header().Set("Connection", "close")
+		h.fail(w, &x, CodeAppConnLimit, "too many connections for this app on this edge; try again later", nil)
+		return
+	}
 	if li.proto == "http" && app.Config.HTTPService.ForceHTTPS {
 		x.status = http.StatusMovedPermanently
 		http.Redirect(w, r, "https://"+r.Host+requestTarget(r), x.status)
@@ -187,6 +210,16 @@ func (h *Handler) pick(ctx context.Context, app *routing.App, x *exchange, exclu
 		c.Exclude = append(c.Exclude[:len(c.Exclude):len(c.Exclude)], exclude...)
 	}
 	m, res, err := app.PickWith(c)
+	if err != nil && !errors.Is(err, routing.ErrAtCapacity) && h.warmup != nil && h.warmup(ctx) {
+		// Just started: the app's machines may be other edges' that gossip
+		// had not brought yet. Now it has: look again.
+		// The app of the table's new snapshot: the one the request
+		// started with has the machines it knew then.
+		if now := h.table.App(app.Name); now != nil {
+			app, x.app = now, now
+		}
+		m, res, err = app.PickWith(c)
+	}
 	if res.PreferredUnavailable {
 		x.preferredUnavailable = c.PreferInstance
 	}
@@ -421,6 +454,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 		copyResponseHeader(hdr, resp.Header)
 		hdr[hdrRequestIDResp] = x.idHeader
 		setProxyHeaders(hdr, resp.Header[hdrVia], fi.via, timing)
+		if x.altSvc != nil {
+			hdr[hdrAltSvc] = x.altSvc // the edge's alternative services, not the machine's
+		}
 	}
 	if x.woke > 0 {
 		// The answer waited for a machine to start: say which and how long.

@@ -22,10 +22,11 @@ import (
 // checks that Serve ended; it runs when the test ends if not before.
 func startTLSListener(t *testing.T, timeout time.Duration) (addr string, stop func()) {
 	t.Helper()
-	conf, _, err := tlsConfig(config.TLS{}, nil)
+	certs, _, err := newCertStore(config.TLS{}, nil, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
-		t.Fatalf("tlsConfig: %v", err)
+		t.Fatalf("newCertStore: %v", err)
 	}
+	conf := tlsConfig(certs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)

@@ -29,6 +29,9 @@ type metrics struct {
 	// backhaulRefusals counts requests an owner edge did not take (or
 	// could not be reached for), by reason; each was tried elsewhere.
 	backhaulRefusals *prometheus.CounterVec
+	// connRefusals counts client connections refused by a connection
+	// limit: scope node (app "") or app.
+	connRefusals *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
@@ -90,6 +93,11 @@ func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
 		Name: "godwit_backhaul_refusals_total",
 		Help: "Requests for a machine of another edge that its owner refused (at_hard, unhealthy, stopped, gone, unreachable, draining) or that could not reach the owner (owner unreachable); each was tried on another machine.",
 	}, []string{"app", "reason"})
+	m.connRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "godwit_connection_rejections_total",
+		Help: "Client connections refused by a connection limit: scope node (proxy.max_connections: 503 PL05, app empty) or app (proxy.max_connections_per_app: 503 PL06).",
+	}, []string{"scope", "app"})
+	reg.MustRegister(m.connRefusals)
 	reg.MustRegister(m.replays, m.replayDuration, m.cacheRequests, m.cacheStores, m.cacheInvalidations, m.backhaulRefusals)
 	reg.MustRegister(m.requests, m.duration, m.rejections, m.queueWait, m.retries, &machineCollector{table: table})
 	return m
@@ -140,4 +148,36 @@ func (c *machineCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, a.Name, m.Region, m.ID)
 		}
 	}
+}
+
+// connCollector reads the client connection counts and limits at scrape
+// time.
+type connCollector struct{ lim *connLimiter }
+
+var (
+	descClientConns = prometheus.NewDesc("godwit_client_connections",
+		"Client connections open on the listener (on http and https from accept, TLS handshakes in progress included; on http3 from the end of the QUIC handshake); all listeners together count against proxy.max_connections.", []string{"listener"}, nil)
+	descAppClientConns = prometheus.NewDesc("godwit_app_client_connections",
+		"Client connections open that have carried a request for the app; they count against proxy.max_connections_per_app.", []string{"app"}, nil)
+	descConnLimit = prometheus.NewDesc("godwit_connection_limit",
+		"Client connection limits in force: scope node (proxy.max_connections, or the limit derived from RLIMIT_NOFILE) and app (proxy.max_connections_per_app; 0 means none).", []string{"scope"}, nil)
+)
+
+func (c *connCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descClientConns
+	ch <- descAppClientConns
+	ch <- descConnLimit
+}
+
+func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, n := range c.lim.listeners {
+		ch <- prometheus.MustNewConstMetric(descClientConns, prometheus.GaugeValue, float64(n.Load()), name)
+	}
+	c.lim.apps.Range(func(_, v any) bool {
+		a := v.(*appConns)
+		ch <- prometheus.MustNewConstMetric(descAppClientConns, prometheus.GaugeValue, float64(a.n.Load()), a.name)
+		return true
+	})
+	ch <- prometheus.MustNewConstMetric(descConnLimit, prometheus.GaugeValue, float64(c.lim.nodeLimit.Load()), scopeNode)
+	ch <- prometheus.MustNewConstMetric(descConnLimit, prometheus.GaugeValue, float64(c.lim.appLimit.Load()), scopeApp)
 }

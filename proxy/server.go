@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,16 +32,23 @@ type Server struct {
 	table   *routing.Table
 	health  *health.Checker
 	handler *Handler
+	conns   *connLimiter // client connection limits (connlimit.go)
+	tracked *connTracker // client connections' states, for the drain (drain.go)
 	reg     *prometheus.Registry
 
 	mu        sync.Mutex
 	listeners map[string]net.Listener // "http", "https", "admin"
 	fleet     *fleet                  // nil: a single node (or not running yet)
 	tlsConf   *tls.Config
+	h3udp     *net.UDPConn // listen.http3's socket, bound by Listen (http3.go)
+	certs     *certStore   // of tlsConf; nil when listen.https and listen.http3 are off
 	// drivers run this node's machines (exec: child processes, stopped
 	// when the node stops).
 	drivers *autostart.Drivers
 	specs   []autostart.Spec
+
+	reload     reloader
+	adminToken atomic.Pointer[string] // "" : mutating admin calls are open (loopback)
 }
 
 // New builds a node from validated config. Metrics go to reg (which /metrics
@@ -67,18 +75,14 @@ func New(cfg *config.Config, log *slog.Logger, reg *prometheus.Registry) (*Serve
 		dialer:      &net.Dialer{Timeout: cfg.Proxy.ConnectTimeout, KeepAlive: 30 * time.Second},
 		markFailing: s.health.MarkFailing,
 	}
+	s.tracked = newConnTracker()
+	s.conns = newNodeConnLimiter(cfg, s.handler.metrics, reg, log)
 	drivers, specs, err := machineDrivers(cfg, log.With("component", "autostart"))
 	if err != nil {
 		return nil, err
 	}
 	s.drivers, s.specs = drivers, specs
 	s.handler.noWakeWait = cfg.Autostart.MaxWaiters == 0
-	s.handler.noAutostart = map[string]bool{}
-	for _, a := range cfg.Apps {
-		if !a.HTTPService.AutoStartMachines {
-			s.handler.noAutostart[a.Name] = true
-		}
-	}
 	if cfg.Proxy.ReplayCacheEntries > 0 {
 		cache := replay.NewCache(cfg.Proxy.ReplayCacheEntries)
 		s.handler.cache = cache
@@ -87,37 +91,28 @@ func New(cfg *config.Config, log *slog.Logger, reg *prometheus.Registry) (*Serve
 			Help: "Entries in the replay cache (expired ones not yet dropped included); at most proxy.replay_cache_entries.",
 		}, func() float64 { return float64(cache.Len()) }))
 	}
-	if cfg.Listen.HTTPS != "" {
-		tc, selfSigned, err := tlsConfig(cfg.TLS, cfg.Apps)
+	if cfg.Listen.HTTPS != "" || cfg.Listen.HTTP3 != "" {
+		certs, selfSigned, err := newCertStore(cfg.TLS, cfg.Apps, log.With("component", "tls"), reg)
 		if err != nil {
 			drivers.Close()
 			return nil, err
 		}
 		if selfSigned {
-			log.Warn("no tls.cert_file given: serving a self-signed development certificate on listen.https; clients will not trust it")
+			log.Warn("no tls certificate configured: serving a self-signed development certificate on listen.https and listen.http3; clients will not trust it")
 		}
-		s.tlsConf = tc
+		s.certs = certs
+		s.tlsConf = tlsConfig(certs) // GetCertificate reads certs: clones serve reloads too
 	}
-	s.health.Set(healthTargets(cfg, time.Now()))
+	s.reload.cur = cfg
+	s.reload.started = make(map[string]time.Time)
+	s.health.Set(healthTargetsSince(cfg, s.reload.started, time.Now()))
+	token, err := readAdminToken(cfg.Admin.TokenFile)
+	if err != nil {
+		drivers.Close()
+		return nil, err
+	}
+	s.adminToken.Store(&token)
 	return s, nil
-}
-
-// healthTargets lists the started machines and their app's checks.
-func healthTargets(cfg *config.Config, now time.Time) []health.Target {
-	apps := make(map[string]config.App, len(cfg.Apps))
-	for _, a := range cfg.Apps {
-		apps[a.Name] = a
-	}
-	var ts []health.Target
-	for _, m := range cfg.Machines {
-		a := apps[m.App]
-		ts = append(ts, health.Target{
-			MachineID: m.ID, App: m.App, Addr: m.Address,
-			Checks: a.HTTPService.Checks, TCPChecks: a.HTTPService.TCPChecks,
-			Started: now,
-		})
-	}
-	return ts
 }
 
 // Table is the node's routing table.
@@ -145,14 +140,24 @@ func (s *Server) Listen() error {
 		}
 		s.listeners[l.name] = ln
 	}
+	if err := s.listenHTTP3(); err != nil {
+		for _, o := range s.listeners {
+			o.Close()
+		}
+		clear(s.listeners)
+		return err
+	}
 	return nil
 }
 
-// Addr returns the bound address of listener "http", "https" or "admin",
-// or "" when it is off or not bound yet.
+// Addr returns the bound address of listener "http", "https", "http3"
+// (UDP) or "admin", or "" when it is off or not bound yet.
 func (s *Server) Addr(name string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if name == "http3" && s.h3udp != nil {
+		return s.h3udp.LocalAddr().String()
+	}
 	if ln := s.listeners[name]; ln != nil {
 		return ln.Addr().String()
 	}
@@ -191,7 +196,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.handler.wakes = wakes
 	s.log.Info("godwit edge running", "node", s.cfg.Node.Name, "region", s.cfg.Node.Region,
-		"http", s.Addr("http"), "https", s.Addr("https"), "admin", s.Addr("admin"),
+		"http", s.Addr("http"), "https", s.Addr("https"), "http3", s.Addr("http3"), "admin", s.Addr("admin"),
 		"apps", len(s.cfg.Apps), "machines", len(s.cfg.Machines))
 
 	healthCtx, stopHealth := context.WithCancel(context.Background())
@@ -212,32 +217,38 @@ func (s *Server) Run(ctx context.Context) error {
 		s.fleet = f
 		s.mu.Unlock()
 		s.handler.fleet = f
+		s.handler.warmup = f.warmup
 		g.Go(func() error { return f.run(fleetCtx) })
 		s.log.Info("fleet joined", "gossip", f.node.Addr(), "backhaul", f.backhaulAddr(), "protocol", s.cfg.Backhaul.Protocol)
 	}
 	g.Go(func() error { return s.health.Run(healthCtx) })
 	g.Go(func() error { return s.handler.wakes.Run(healthCtx) }) // autostop
+	s.reload.mu.Lock()
+	s.reload.ctx = healthCtx // reloads may start and stop machines from now on
 	for _, m := range s.cfg.Machines {
 		// A machine this node runs as a process and that the config says
 		// is started is started now; requests meanwhile wait for it as
 		// for any wake.
 		if m.Driver.Kind == config.DriverExec && m.State != config.StateStopped {
-			g.Go(func() error {
-				if err := s.handler.wakes.Start(healthCtx, m.ID); err != nil && healthCtx.Err() == nil {
-					s.log.Error("starting a machine at boot failed", "machine", m.ID, "error", err)
-				}
-				return nil
-			})
+			s.startMachine(m.ID)
 		}
 	}
+	s.reload.mu.Unlock()
 	g.Go(func() error { s.janitor(gctx); return nil })
+	if s.certs != nil {
+		g.Go(func() error { s.certs.run(gctx); return nil }) // polls tls.reload_interval
+	}
 
-	var servers []*http.Server
+	var (
+		servers []*http.Server
+		closers []net.Listener // closed first in the drain
+	)
 	serve := func(name string, srv *http.Server, ln net.Listener) {
 		servers = append(servers, srv)
+		closers = append(closers, ln)
 		g.Go(func() error {
 			err := srv.Serve(ln)
-			if errors.Is(err, http.ErrServerClosed) {
+			if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) && s.handler.draining.Load() {
 				return nil
 			}
 			return fmt.Errorf("serve %s: %w", name, err)
@@ -245,6 +256,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	lns := s.listeners
+	h3udp := s.h3udp
 	s.mu.Unlock()
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
 	// HTTP/1 connections are watched for request smuggling (smuggle.go):
@@ -257,16 +269,22 @@ func (s *Server) Run(ctx context.Context) error {
 		srv.Protocols = new(http.Protocols)
 		srv.Protocols.SetHTTP1(true)
 		srv.Protocols.SetUnencryptedHTTP2(true)
-		serve("http", srv, smuggleListener{ln, srv.MaxHeaderBytes})
+		serve("http", srv, smuggleListener{s.conns.listen(ln, "http", nil), srv.MaxHeaderBytes})
 	}
 	if ln := lns["https"]; ln != nil {
-		li := &listenerInfo{proto: "https", port: portOf(ln.Addr()), ssl: "on"}
+		li := &listenerInfo{proto: "https", port: portOf(ln.Addr()), ssl: "on", altSvc: altSvc(h3udp)}
 		srv := s.httpServer(s.handler.handlerFor(li), errLog)
 		// Serve sets up HTTP/2 from (and writes to) its own copy; the
 		// listener's handshakes may already be reading s.tlsConf.
 		srv.TLSConfig = s.tlsConf.Clone()
-		tln := newTLSListener(ln, s.tlsConf, s.cfg.Proxy.ReadHeaderTimeout, s.log.With("listener", "https"))
+		// Counted (and refused over the limit) before the handshake.
+		tln := newTLSListener(s.conns.listen(ln, "https", s.tlsConf), s.tlsConf, s.cfg.Proxy.ReadHeaderTimeout, s.log.With("listener", "https"))
 		serve("https", srv, smuggleListener{tln, srv.MaxHeaderBytes})
+	}
+	var h3 *edgeHTTP3 // nil: off, or QUIC failed to start (g has the error)
+	if h3udp != nil {
+		li := &listenerInfo{proto: "https", port: portOf(h3udp.LocalAddr()), ssl: "on", altSvc: altSvc(h3udp)}
+		h3 = s.serveHTTP3(g, h3udp, s.handler.handlerFor(li))
 	}
 	var admin *http.Server
 	if ln := lns["admin"]; ln != nil {
@@ -280,13 +298,34 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 
 	<-gctx.Done()
+	s.reload.mu.Lock() // waits for a reload under way
+	s.reload.ctx = nil
+	s.reload.mu.Unlock()
 	s.handler.draining.Store(true)
 	if f != nil {
 		f.leave() // peers stop sending requests here while it drains
 	}
+	if d := s.cfg.Proxy.DrainDelay; d > 0 {
+		// Lame duck: /healthz says draining and gossip peers have
+		// rerouted; a load balancer in front needs a moment to notice
+		// before the listeners close.
+		s.log.Info("draining: still accepting for proxy.drain_delay", "drain_delay", d)
+		t := time.NewTimer(d)
+		<-t.C
+	}
 	s.log.Info("draining", "timeout", s.cfg.Proxy.DrainTimeout)
 	drainCtx, cancel := context.WithTimeout(context.Background(), s.cfg.Proxy.DrainTimeout)
 	defer cancel()
+	// New connections are refused (they go to another edge); requests on
+	// open ones are answered "Connection: close" (closeAfterDrain) until
+	// every connection left has been idle for a while (drain.go).
+	began := time.Now()
+	for _, ln := range closers {
+		ln.Close()
+	}
+	open := s.tracked.count()
+	s.tracked.quiesce(drainCtx, began, min(drainIdleGrace, s.cfg.Proxy.DrainTimeout/2))
+	s.log.Info("stopped accepting; open client connections told to close", "connections", open, "left", s.tracked.count(), "took", time.Since(began).Round(time.Millisecond))
 	var wg sync.WaitGroup
 	var drainErr error
 	var drainMu sync.Mutex
@@ -300,6 +339,15 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		})
 	}
+	if h3 != nil {
+		wg.Go(func() {
+			if err := h3.shutdown(drainCtx); err != nil { // GOAWAY, then the socket closes
+				drainMu.Lock()
+				drainErr = errors.Join(drainErr, err)
+				drainMu.Unlock()
+			}
+		})
+	}
 	wg.Wait()
 	s.handler.tunnels.closeAll()
 	s.handler.tunnels.wait()
@@ -310,6 +358,7 @@ func (s *Server) Run(ctx context.Context) error {
 	stopFleet()
 	s.handler.closePools()
 	err = g.Wait()
+	s.reload.wg.Wait() // machine starts, ended by stopHealth
 	s.closeMachines()
 	if drainErr != nil {
 		s.log.Warn("drain timeout passed with requests still in flight; they were cut", "timeout", s.cfg.Proxy.DrainTimeout)
@@ -326,7 +375,8 @@ func (s *Server) httpServer(h http.Handler, errLog *log.Logger) *http.Server {
 		IdleTimeout:       s.cfg.Proxy.IdleTimeout,
 		MaxHeaderBytes:    s.cfg.Proxy.MaxHeaderBytes,
 		ErrorLog:          errLog,
-		ConnContext:       withSmuggleConn,
+		ConnContext:       withClientConn,
+		ConnState:         s.tracked.hook,
 	}
 }
 
@@ -371,5 +421,9 @@ func (s *Server) closeListeners() {
 	for name, ln := range s.listeners {
 		ln.Close()
 		delete(s.listeners, name)
+	}
+	if s.h3udp != nil {
+		s.h3udp.Close()
+		s.h3udp = nil
 	}
 }

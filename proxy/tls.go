@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"fmt"
 	"math/big"
 	"net"
 	"time"
@@ -15,29 +14,30 @@ import (
 	"github.com/godwit/godwit/config"
 )
 
-// tlsConfig builds the TLS settings of listen.https: the configured
-// certificate, or a self-signed one for development. TLS 1.2 is the floor;
-// Go's default cipher suites are modern.
-func tlsConfig(c config.TLS, apps []config.App) (*tls.Config, bool, error) {
-	var cert tls.Certificate
-	selfSigned := c.CertFile == "" && c.KeyFile == ""
-	var err error
-	if selfSigned {
-		cert, err = selfSignedCert(apps)
-	} else {
-		cert, err = tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			err = fmt.Errorf("load tls certificate %s: %w", c.CertFile, err)
-		}
-	}
-	if err != nil {
-		return nil, false, err
-	}
+// tlsConfig returns the TLS settings of listen.https and listen.http3.
+// The certificate of each handshake comes from certs, so a clone of the
+// config serves reloaded certificates too.
+//
+// TLS 1.2 is the floor. Its cipher suites are the ECDHE ones with an AEAD
+// (AES-GCM, ChaCha20-Poly1305): forward secrecy, no CBC. TLS 1.3 suites
+// are not configurable and all modern. Key exchange keeps Go's default
+// curve preferences: the hybrid post-quantum groups (X25519MLKEM768
+// first), then X25519 before the NIST curves; a list of our own would
+// freeze out the hybrids Go adds.
+func tlsConfig(certs *certStore) *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{cert},
-		NextProtos:   []string{"h2", "http/1.1"},
-	}, selfSigned, nil
+		MinVersion: tls.VersionTLS12,
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, // required by HTTP/2 (RFC 9113)
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		},
+		NextProtos:     []string{"h2", "http/1.1"},
+		GetCertificate: certs.getCertificate,
+	}
 }
 
 // selfSignedCert makes a one-year ECDSA certificate for localhost, the

@@ -113,7 +113,9 @@ func wakeCode(err error) Code {
 
 // autostarts reports whether the app's machines are started on demand
 // (auto_start_machines, Fly's default true).
-func (h *Handler) autostarts(app *routing.App) bool { return !h.noAutostart[app.Name] }
+func (h *Handler) autostarts(app *routing.App) bool {
+	return app.Config.HTTPService.AutoStartMachines
+}
 
 // pickWoken is the pick when no started machine can take the request and
 // wm, stopped or suspended, can be woken. A machine of this node is woken

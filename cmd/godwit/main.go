@@ -27,7 +27,8 @@ import (
 const usage = `godwit — a global edge reverse proxy
 
 Usage:
-  godwit run --config FILE      run one edge node until SIGINT/SIGTERM (graceful drain)
+  godwit run --config FILE      run one edge node until SIGINT/SIGTERM (graceful drain);
+                                SIGHUP reloads the config file
   godwit demo [flags]           run a local demo edge with sample machines
   godwit config check FILE      validate a config file; print every error with its line
   godwit keygen                 print a new gossip key (base64 of 32 random bytes) for gossip.secret_key_file
@@ -126,7 +127,26 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	return serve(ctx, cfg, stderr, nil)
+	return serve(ctx, cfg, stderr, func(srv *proxy.Server) {
+		srv.SetConfigSource(func() (*config.Config, error) { return config.Load(*path) })
+		go reloadOnSIGHUP(ctx, srv)
+	})
+}
+
+// reloadOnSIGHUP reloads the node's config on every SIGHUP until ctx ends.
+// A refused config is logged by the node, which keeps the old one.
+func reloadOnSIGHUP(ctx context.Context, srv *proxy.Server) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			srv.ReloadSource() // logs its outcome
+		}
+	}
 }
 
 // serve runs a node until ctx ends, then drains it. ready, if set, is
