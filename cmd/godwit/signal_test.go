@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -141,5 +143,131 @@ address = %q
 	case <-time.After(30 * time.Second):
 		cmd.Process.Kill()
 		t.Fatal("process did not exit within 30s of SIGTERM")
+	}
+}
+
+// TestSIGHUPReloads runs the real binary: SIGHUP after the config file
+// gained an app makes it served; SIGHUP after a typo leaves the running
+// config in place and logs the error with its line.
+func TestSIGHUPReloads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "godwit")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	machine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "machine of "+r.Host)
+	}))
+	defer machine.Close()
+	cfgPath := filepath.Join(t.TempDir(), "godwit.toml")
+	base := fmt.Sprintf(`
+[listen]
+http  = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[log]
+format = "json"
+[[app]]
+name  = "web"
+hosts = ["web.test"]
+[[machine]]
+id      = "m1"
+app     = "web"
+address = %q
+`, machine.Listener.Addr().String())
+	if err := os.WriteFile(cfgPath, []byte(base), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", cfgPath)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	addrs := make(chan string, 1)
+	var logMu sync.Mutex
+	var log strings.Builder
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logMu.Lock()
+			log.WriteString(sc.Text() + "\n")
+			logMu.Unlock()
+			var rec map[string]any
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec["msg"] == "godwit edge running" {
+				addrs <- fmt.Sprint(rec["http"])
+			}
+		}
+	}()
+	var addr string
+	select {
+	case addr = <-addrs:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no 'godwit edge running' log line within 30s")
+	}
+	get := func(host string) (int, string) {
+		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+		req.Host = host
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	logText := func() string {
+		logMu.Lock()
+		defer logMu.Unlock()
+		return log.String()
+	}
+	logged := func(s string) bool { return strings.Contains(logText(), s) }
+	if code, _ := get("api.test"); code != http.StatusNotFound {
+		t.Fatalf("api.test before the reload: %d, want 404 (no such app yet)", code)
+	}
+
+	withAPI := base + `
+[[app]]
+name  = "api"
+hosts = ["api.test"]
+[[machine]]
+id      = "m2"
+app     = "api"
+address = "` + machine.Listener.Addr().String() + `"
+`
+	os.WriteFile(cfgPath, []byte(withAPI), 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := get("api.test")
+		if code == 200 && body == "machine of api.test" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("api.test 10s after SIGHUP: %d %q, want the machine's answer", code, body)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+
+	typo := withAPI + "\n[proxy]\nconect_timeout = \"1s\"\n"
+	os.WriteFile(cfgPath, []byte(typo), 0o644)
+	line := strings.Count(typo, "\n")
+	cmd.Process.Signal(syscall.SIGHUP)
+	deadline = time.Now().Add(10 * time.Second)
+	for !logged("reload refused") {
+		if time.Now().After(deadline) {
+			t.Fatal("no 'reload refused' log line 10s after SIGHUP with a typo")
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+	if !logged(fmt.Sprintf(":%d", line)) || !logged("conect_timeout") {
+		t.Errorf("the refusal does not name the key and its line %d:\n%s", line, logText())
+	}
+	if code, body := get("api.test"); code != 200 || body != "machine of api.test" {
+		t.Errorf("after the refused reload: %d %q, want the running config still serving api.test", code, body)
 	}
 }
