@@ -46,9 +46,13 @@ func Parse(data []byte, name string) (*Config, error) {
 	return cfg, err
 }
 
-// readFile reads a regular file of at most maxFileSize bytes. It does not
-// open anything else: opening a FIFO would block.
-func readFile(path string) ([]byte, error) {
+// readFile reads a config file or an imported fly.toml.
+func readFile(path string) ([]byte, error) { return ReadRegularFile(path, maxFileSize) }
+
+// ReadRegularFile reads a regular file of at most limit bytes, for the
+// files a config names (certificates, keys, tokens) as for the config
+// itself. It does not open anything else: opening a FIFO would block.
+func ReadRegularFile(path string, limit int) ([]byte, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err
@@ -61,12 +65,12 @@ func readFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	data, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > maxFileSize {
-		return nil, &os.PathError{Op: "read", Path: path, Err: fmt.Errorf("larger than %d bytes", maxFileSize)}
+	if len(data) > limit {
+		return nil, &os.PathError{Op: "read", Path: path, Err: fmt.Errorf("larger than %d bytes", limit)}
 	}
 	return data, nil
 }

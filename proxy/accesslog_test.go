@@ -29,6 +29,12 @@ func (b *lockedBuffer) Write(p []byte) (int, error) {
 	return b.buf.Write(p)
 }
 
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // requestLines returns the access-log records (msg "request") so far.
 func (b *lockedBuffer) requestLines(t *testing.T) []map[string]any {
 	b.mu.Lock()

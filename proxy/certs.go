@@ -7,9 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -290,39 +288,15 @@ func (st *certStore) check(src *certSource) {
 
 // read returns the contents of src's two files.
 func (src *certSource) read() (certPEM, keyPEM []byte, err error) {
-	if certPEM, err = readPEMFile(src.certFile); err != nil {
+	if certPEM, err = config.ReadRegularFile(src.certFile, maxPEMFile); err != nil {
 		return nil, nil, err
 	}
-	if keyPEM, err = readPEMFile(src.keyFile); err != nil {
+	if keyPEM, err = config.ReadRegularFile(src.keyFile, maxPEMFile); err != nil {
 		return nil, nil, err
 	}
 	return certPEM, keyPEM, nil
 }
 
-// readPEMFile reads a regular file of at most maxPEMFile bytes (opening a
-// FIFO would block).
-func readPEMFile(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, &os.PathError{Op: "read", Path: path, Err: errors.New("not a regular file")}
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxPEMFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxPEMFile {
-		return nil, &os.PathError{Op: "read", Path: path, Err: fmt.Errorf("larger than %d bytes", maxPEMFile)}
-	}
-	return data, nil
-}
 
 // names returns the server names src serves: its listed hosts, or the DNS
 // names of its certificate.

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -396,24 +395,6 @@ func TestProbedBody(t *testing.T) {
 	})
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestHTTP3BufferWarning: buffers below what quic-go asks for are logged
 // once, as a warning with quic-go's advice; large enough ones are not.
 func TestHTTP3BufferWarning(t *testing.T) {
@@ -427,7 +408,7 @@ func TestHTTP3BufferWarning(t *testing.T) {
 		{"large enough", quicBufferSize, 16 << 20, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var buf syncBuffer
+			var buf lockedBuffer
 			e := &edgeHTTP3{log: slog.New(slog.NewTextHandler(&buf, nil))}
 			e.warnBuffers(tc.rcv, tc.snd)
 			out := buf.String()

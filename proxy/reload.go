@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -327,7 +326,7 @@ func readAdminToken(path string) (string, error) {
 	if path == "" {
 		return "", nil
 	}
-	b, err := os.ReadFile(path)
+	b, err := config.ReadRegularFile(path, 64<<10)
 	if err != nil {
 		return "", fmt.Errorf("admin.token_file: %w", err)
 	}
