@@ -297,7 +297,6 @@ func (src *certSource) read() (certPEM, keyPEM []byte, err error) {
 	return certPEM, keyPEM, nil
 }
 
-
 // names returns the server names src serves: its listed hosts, or the DNS
 // names of its certificate.
 func (src *certSource) names() []string {
