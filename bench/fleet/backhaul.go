@@ -5,15 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/godwit/godwit/bench/internal/benchenv"
 	"github.com/godwit/godwit/bench/internal/child"
+	"github.com/godwit/godwit/bench/internal/summary"
 )
 
 // bhRun is one load run of the backhaul benchmark.
@@ -40,35 +40,20 @@ const capSuffix = "@cap"
 
 func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 	backendBin := filepath.Join(tmpDir, "backend")
-	if out, err := runIn(repoRoot, "go", "build", "-o", backendBin, "./bench/backend"); err != nil {
-		return "", fmt.Errorf("go build ./bench/backend: %v\n%s", err, out)
+	if err := benchenv.Build(ctx, repoRoot, backendBin, "./bench/backend"); err != nil {
+		return "", err
 	}
 	subnet, err := newSubnet()
 	if err != nil {
 		return "", err
 	}
 	backendAddr := subnet + "100:18000"
-	backend := child.Command(cfg.loadCPU, backendBin, "-addr", backendAddr)
-	lf, err := os.Create(filepath.Join(tmpDir, "backend.log"))
+	backend, err := child.Start(child.Command(cfg.loadCPU, backendBin, "-addr", backendAddr), "backend", filepath.Join(tmpDir, "backend.log"), nil)
 	if err != nil {
 		return "", err
 	}
-	defer lf.Close()
-	backend.Stdout, backend.Stderr = lf, lf
-	if err := backend.Start(); err != nil {
-		return "", err
-	}
-	child.Track(backend)
-	backendDone := make(chan struct{})
-	go func() { backend.Wait(); child.Untrack(backend); close(backendDone) }()
-	defer func() { backend.Process.Kill(); <-backendDone }()
-	if err := waitUntil(ctx, 10*time.Second, "the backend on "+backendAddr, func() bool {
-		c, err := net.DialTimeout("tcp", backendAddr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}); err != nil {
+	defer backend.Kill()
+	if err := backend.WaitTCP(ctx, backendAddr, 10*time.Second); err != nil {
 		return "", err
 	}
 
@@ -90,9 +75,9 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 		}
 		if cfg.edgeCap > 0 {
 			var errA, errB error
-			pair.capA, errA = newCPUCap("godwit-bench-"+p+"-a", pair.a.pid())
-			pair.capB, errB = newCPUCap("godwit-bench-"+p+"-b", pair.b.pid())
-			defer func() { pair.a.stop(); pair.b.stop(); pair.capA.remove(); pair.capB.remove() }()
+			pair.capA, errA = newCPUCap("godwit-bench-"+p+"-a", pair.a.p.Pid())
+			pair.capB, errB = newCPUCap("godwit-bench-"+p+"-b", pair.b.p.Pid())
+			defer func() { pair.a.p.Stop(stopGrace); pair.b.p.Stop(stopGrace); pair.capA.remove(); pair.capB.remove() }()
 			if err := errors.Join(errA, errB); err != nil {
 				logf("WARNING: no capped runs: cannot give each edge a cgroup of its own: %v", err)
 				cfg.edgeCap = 0
@@ -173,7 +158,7 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 		}
 		panic("unknown scenario " + s)
 	}
-	backendPid := backend.Process.Pid
+	backendPid := backend.Pid()
 
 	logf("backhaul: warm-up, %v per scenario at 64 connections", cfg.warmup)
 	for _, s := range scenarios {
@@ -212,11 +197,11 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 				}
 				var pids []int
 				if pair != nil {
-					pids = []int{pair.a.pid(), pair.b.pid()}
+					pids = []int{pair.a.p.Pid(), pair.b.p.Pid()}
 				}
 				t0 := ticks(append(pids, backendPid))
-				pb0, pt0 := coreTicks(cfg.proxyCPU)
-				lb0, lt0 := coreTicks(cfg.loadCPU)
+				pb0, pt0 := benchenv.CoreTicks(cfg.proxyCPU)
+				lb0, lt0 := benchenv.CoreTicks(cfg.loadCPU)
 				res, out, err := runLoad(ctx, cfg, "http://"+addr+"/64", appHost, c, cfg.duration)
 				if isCapped {
 					if err := errors.Join(pair.capA.set(0), pair.capB.set(0)); err != nil {
@@ -227,15 +212,15 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 					return "", fmt.Errorf("%s, %d conns: %v\n%s", s, c, err, out)
 				}
 				t1 := ticks(append(pids, backendPid))
-				pb1, pt1 := coreTicks(cfg.proxyCPU)
-				lb1, lt1 := coreTicks(cfg.loadCPU)
+				pb1, pt1 := benchenv.CoreTicks(cfg.proxyCPU)
+				lb1, lt1 := benchenv.CoreTicks(cfg.loadCPU)
 				for _, pid := range append(pids, backendPid) {
 					if t1[pid] < 0 {
 						return "", fmt.Errorf("%s, %d conns: process %d died during the run (logs in %s)", s, c, pid, tmpDir)
 					}
 				}
 				usPer := func(pid int) float64 {
-					return float64(t1[pid]-t0[pid]) / clkTck * 1e6 / float64(res.Requests)
+					return float64(t1[pid]-t0[pid]) / benchenv.TicksPerSecond() * 1e6 / float64(res.Requests)
 				}
 				run := bhRun{round: r, conns: c, scenario: s, res: res, cpuA: math.NaN(), cpuB: math.NaN(), cpuM: usPer(backendPid)}
 				ours := int64(0)
@@ -249,9 +234,7 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 				if lt1 > lt0 {
 					run.loadBusy = 100 * float64(lb1-lb0) / float64(lt1-lt0)
 				}
-				if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-					run.load1 = strings.Fields(string(b))[0]
-				}
+				run.load1 = strings.Fields(benchenv.LoadAvg())[0]
 				runs = append(runs, run)
 				k++
 				logf("[%d/%d] round %d c=%d %s: %.0f req/s p50=%.3fms p99=%.3fms cpu A=%.1f B=%.1f machine=%.1f µs/req errors=%d others-on-CPU%d=%.0f%% CPU%d-busy=%.0f%%",
@@ -270,7 +253,7 @@ func runBackhaul(ctx context.Context, cfg *config) (string, error) {
 func ticks(pids []int) map[int]int64 {
 	out := make(map[int]int64, len(pids))
 	for _, p := range pids {
-		t, err := cpuTicks(p)
+		t, err := benchenv.ProcessTicks(p)
 		if err != nil {
 			t = -1
 		}
@@ -365,18 +348,18 @@ func backhaulReport(cfg *config, scenarios, checks []string, runs []bhRun) strin
 			direct := "direct-" + protoOf(s)
 			rr, pd := "—", "—"
 			if strings.HasPrefix(s, "via-") {
-				rr = cell(pair(c, s, direct, rps, true), "%.2f")
-				pd = cell(pair(c, s, direct, p50, false), "%+.3f")
+				rr = summary.Cell(pair(c, s, direct, rps, true), "%.2f")
+				pd = summary.Cell(pair(c, s, direct, p50, false), "%+.3f")
 			}
-			a, bb := cell(col(c, s, cpuA), "%.1f"), cell(col(c, s, cpuB), "%.1f")
+			a, bb := summary.Cell(col(c, s, cpuA), "%.1f"), summary.Cell(col(c, s, cpuB), "%.1f")
 			if s == "machine" {
 				a, bb = "—", "—"
 			}
-			rows = append(rows, []string{fmt.Sprint(c), s, cell(col(c, s, rps), "%.0f"), rr, cell(col(c, s, p50), "%.3f"), pd,
-				cell(col(c, s, p99), "%.3f"), a, bb, cell(col(c, s, cpuM), "%.1f"), fmt.Sprint(errs(c, s))})
+			rows = append(rows, []string{fmt.Sprint(c), s, summary.Cell(col(c, s, rps), "%.0f"), rr, summary.Cell(col(c, s, p50), "%.3f"), pd,
+				summary.Cell(col(c, s, p99), "%.3f"), a, bb, summary.Cell(col(c, s, cpuM), "%.1f"), fmt.Sprint(errs(c, s))})
 		}
 	}
-	b.WriteString(table([]string{"conns", "scenario", "req/s", "req/s ÷ direct", "p50 ms", "p50 − direct ms", "p99 ms", "edge-a CPU µs/req", "edge-b CPU µs/req", "backend CPU µs/req", "errors"}, rows))
+	b.WriteString(summary.Table([]string{"conns", "scenario", "req/s", "req/s ÷ direct", "p50 ms", "p50 − direct ms", "p99 ms", "edge-a CPU µs/req", "edge-b CPU µs/req", "backend CPU µs/req", "errors"}, rows))
 
 	minC, maxC := cfg.conns[0], cfg.conns[0]
 	for _, c := range cfg.conns {
@@ -387,15 +370,15 @@ func backhaulReport(cfg *config, scenarios, checks []string, runs []bhRun) strin
 		via, direct := "via-"+p, "direct-"+p
 		d := pair(minC, via, direct, p50, false)
 		fmt.Fprintf(&b, "- %s, %d conn: added latency at p50 = p50(via) − p50(direct) = %s ms (goal < 0.200): %s (p50 medians: via %.3f, direct %.3f, machine %.3f ms)\n",
-			p, minC, cell(d, "%.3f"), verdict(median(d) < 0.2), median(col(minC, via, p50)), median(col(minC, direct, p50)), median(col(minC, "machine", p50)))
+			p, minC, summary.Cell(d, "%.3f"), verdict(summary.Median(d) < 0.2), summary.Median(col(minC, via, p50)), summary.Median(col(minC, direct, p50)), summary.Median(col(minC, "machine", p50)))
 		if maxC == minC {
 			continue
 		}
 		r := pair(maxC, via, direct, rps, true)
 		fmt.Fprintf(&b, "- %s, %d conns: via ÷ direct req/s = %s (goal ≥ 0.70): %s (medians %.0f and %.0f req/s; CPU %d busy: edge-a + edge-b %.0f + %.0f µs/req in via, edge-b %.0f µs/req in direct; CPU %d %.0f%% busy in via runs)\n",
-			p, maxC, cell(r, "%.2f"), verdict(median(r) >= 0.7), median(col(maxC, via, rps)), median(col(maxC, direct, rps)), cfg.proxyCPU,
-			median(col(maxC, via, cpuA)), median(col(maxC, via, cpuB)), median(col(maxC, direct, cpuB)),
-			cfg.loadCPU, median(col(maxC, via, func(r bhRun) float64 { return r.loadBusy })))
+			p, maxC, summary.Cell(r, "%.2f"), verdict(summary.Median(r) >= 0.7), summary.Median(col(maxC, via, rps)), summary.Median(col(maxC, direct, rps)), cfg.proxyCPU,
+			summary.Median(col(maxC, via, cpuA)), summary.Median(col(maxC, via, cpuB)), summary.Median(col(maxC, direct, cpuB)),
+			cfg.loadCPU, summary.Median(col(maxC, via, func(r bhRun) float64 { return r.loadBusy })))
 		// Both edges share one core here; on separate machines each has
 		// its own, and the busier one bounds the throughput.
 		var own, same []float64
@@ -409,13 +392,13 @@ func backhaulReport(cfg *config, scenarios, checks []string, runs []bhRun) strin
 			same = append(same, vd.cpuB/(vv.cpuA+vv.cpuB))
 		}
 		fmt.Fprintf(&b, "- %s, %d conns: godwit-bound estimates from CPU µs/req: each edge on a core of its own (as in a real fleet) direct(edge-b) ÷ max(edge-a, edge-b in via) = %s; both edges on one core (this run) direct ÷ (edge-a + edge-b) = %s\n",
-			p, maxC, cell(own, "%.2f"), cell(same, "%.2f"))
+			p, maxC, summary.Cell(own, "%.2f"), summary.Cell(same, "%.2f"))
 		if cfg.edgeCap > 0 {
 			viaC, directC := via+capSuffix, direct+capSuffix
 			r := pair(maxC, viaC, directC, rps, true)
 			fmt.Fprintf(&b, "- %s, %d conns, each edge capped at %.2f core (a capacity of its own, as on separate machines): via ÷ direct req/s = %s (goal ≥ 0.70): %s (medians %.0f and %.0f req/s; edge-a + edge-b %.0f + %.0f µs/req in via, edge-b %.0f µs/req in direct)\n",
-				p, maxC, cfg.edgeCap, cell(r, "%.2f"), verdict(median(r) >= 0.7), median(col(maxC, viaC, rps)), median(col(maxC, directC, rps)),
-				median(col(maxC, viaC, cpuA)), median(col(maxC, viaC, cpuB)), median(col(maxC, directC, cpuB)))
+				p, maxC, cfg.edgeCap, summary.Cell(r, "%.2f"), verdict(summary.Median(r) >= 0.7), summary.Median(col(maxC, viaC, rps)), summary.Median(col(maxC, directC, rps)),
+				summary.Median(col(maxC, viaC, cpuA)), summary.Median(col(maxC, viaC, cpuB)), summary.Median(col(maxC, directC, cpuB)))
 		}
 	}
 	if len(cfg.protocols) >= 2 {
@@ -424,11 +407,11 @@ func backhaulReport(cfg *config, scenarios, checks []string, runs []bhRun) strin
 			b.WriteString("\n" + p + " against " + q + " (no goal; per round, then median (min–max)):\n\n")
 			for _, c := range cfg.conns {
 				fmt.Fprintf(&b, "- %d conns: via-%s ÷ via-%s req/s %s; p50 via-%s − via-%s %s ms; p99 via-%s − via-%s %s ms; CPU (edge-a + edge-b) via-%s ÷ via-%s %s (medians %.1f and %.1f µs/req)\n",
-					c, p, q, cell(pair(c, "via-"+p, "via-"+q, rps, true), "%.2f"),
-					p, q, cell(pair(c, "via-"+p, "via-"+q, p50, false), "%+.3f"),
-					p, q, cell(pair(c, "via-"+p, "via-"+q, p99, false), "%+.3f"),
-					p, q, cell(pair(c, "via-"+p, "via-"+q, cpuAB, true), "%.2f"),
-					median(col(c, "via-"+p, cpuAB)), median(col(c, "via-"+q, cpuAB)))
+					c, p, q, summary.Cell(pair(c, "via-"+p, "via-"+q, rps, true), "%.2f"),
+					p, q, summary.Cell(pair(c, "via-"+p, "via-"+q, p50, false), "%+.3f"),
+					p, q, summary.Cell(pair(c, "via-"+p, "via-"+q, p99, false), "%+.3f"),
+					p, q, summary.Cell(pair(c, "via-"+p, "via-"+q, cpuAB, true), "%.2f"),
+					summary.Median(col(c, "via-"+p, cpuAB)), summary.Median(col(c, "via-"+q, cpuAB)))
 			}
 		}
 	}

@@ -3,12 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/godwit/godwit/bench/internal/summary"
 )
 
 // kill is one measured SIGKILL of an owner edge.
@@ -153,7 +157,7 @@ func failoverProtocol(ctx context.Context, cfg *config, proto string) ([]kill, e
 		}()
 		time.Sleep(time.Until(t0))
 		killT = time.Now()
-		victim.kill()
+		victim.p.Kill()
 		deadline := killT.Add(30 * time.Second)
 		kl.dead = -1
 		for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -292,10 +296,10 @@ func failoverReport(cfg *config, kills []kill) string {
 		if len(spans) > 0 {
 			span = strings.Join(spans, ", ")
 		}
-		rows = append(rows, []string{p, fmt.Sprint(len(rr)), cell(rr, "%.0f"), cell(failed, "%.0f") + " of " + cell(reqs, "%.0f"),
-			codesString(codes), span, cell(slow, "%.0f"), cell(stalls, "%.0f"), cell(dead, "%.0f"), cell(rejoin, "%.0f")})
+		rows = append(rows, []string{p, fmt.Sprint(len(rr)), summary.Cell(rr, "%.0f"), summary.Cell(failed, "%.0f") + " of " + summary.Cell(reqs, "%.0f"),
+			codesString(codes), span, summary.Cell(slow, "%.0f"), summary.Cell(stalls, "%.0f"), summary.Cell(dead, "%.0f"), summary.Cell(rejoin, "%.0f")})
 	}
-	b.WriteString(table([]string{"backhaul", "kills", "reroute ms", "failed requests", "failures by status", "failed requests sent at (ms after the kill)", "slowest request ms", "stalls after reroute", "dead in /v1/members ms", "rejoin ms"}, rows))
+	b.WriteString(summary.Table([]string{"backhaul", "kills", "reroute ms", "failed requests", "failures by status", "failed requests sent at (ms after the kill)", "slowest request ms", "stalls after reroute", "dead in /v1/members ms", "rejoin ms"}, rows))
 	b.WriteString("\nGoal check (reroute within 2 s, no request hanging past 5 s):\n\n")
 	for _, p := range cfg.protocols {
 		var rr, slow []float64
@@ -313,10 +317,10 @@ func failoverReport(cfg *config, kills []kill) string {
 		if len(rr) == 0 {
 			continue
 		}
-		_, worst := minMax(finite(rr))
-		_, slowest := minMax(finite(slow))
+		_, worst := minMax(summary.Finite(rr))
+		_, slowest := minMax(summary.Finite(slow))
 		fmt.Fprintf(&b, "- %s: reroute %s ms, worst %.0f ms (goal ≤ 2000 in every kill): %s; slowest request %.0f ms (bound 5000): %s\n",
-			p, cell(rr, "%.0f"), worst, verdict(none == 0 && worst <= 2000), slowest, verdict(slowest < 5000))
+			p, summary.Cell(rr, "%.0f"), worst, verdict(none == 0 && worst <= 2000), slowest, verdict(slowest < 5000))
 	}
 	return b.String()
 }
@@ -337,13 +341,8 @@ func codesString(m map[string]int) string {
 	if len(m) == 0 {
 		return "—"
 	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var parts []string
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		parts = append(parts, fmt.Sprintf("%s×%d", k, m[k]))
 	}
 	return strings.Join(parts, " ")

@@ -7,12 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -119,22 +120,12 @@ protocol = %q
 `, es.name, es.region, ip(i), ip(i), ip(i), gossipPort, strings.Join(join, ", "), keyFile, ip(i), backhaulPort, spec.protocol)
 		if len(spec.simRTT) > 0 {
 			b.WriteString("\n[backhaul.simulated_rtt]\n")
-			keys := make([]string, 0, len(spec.simRTT))
-			for k := range spec.simRTT {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-			for _, k := range keys {
+			for _, k := range slices.Sorted(maps.Keys(spec.simRTT)) {
 				fmt.Fprintf(&b, "%s = %q\n", k, spec.simRTT[k])
 			}
 		}
 		fmt.Fprintf(&b, "\n[[app]]\nname  = \"web\"\nhosts = [%q]\n%s\n", appHost, spec.appExtra)
-		ids := make([]string, 0, len(es.machines))
-		for id := range es.machines {
-			ids = append(ids, id)
-		}
-		sort.Strings(ids)
-		for _, id := range ids {
+		for _, id := range slices.Sorted(maps.Keys(es.machines)) {
 			fmt.Fprintf(&b, "\n[[machine]]\nid      = %q\napp     = \"web\"\naddress = %q\n", id, es.machines[id])
 		}
 		e := &edge{
@@ -160,9 +151,7 @@ protocol = %q
 // stop ends every edge of the fleet.
 func (f *fleet) stop() {
 	for _, e := range f.edges {
-		if e.cmd != nil {
-			e.kill()
-		}
+		e.p.Kill()
 	}
 }
 

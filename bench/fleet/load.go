@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/godwit/godwit/bench/internal/child"
+	"github.com/godwit/godwit/bench/internal/summary"
 )
 
 // loadResult is one load run: wrk's figures, or the Go loop's.
@@ -206,6 +207,6 @@ func internalLoad(args []string) {
 	}
 	wg.Wait()
 	el := time.Since(start).Seconds()
-	r := loadResult{RPS: float64(len(lat)) / el, Requests: int64(len(lat)), P50: quantile(lat, 0.5), P99: quantile(lat, 0.99), Errors: errs}
+	r := loadResult{RPS: float64(len(lat)) / el, Requests: int64(len(lat)), P50: summary.Quantile(lat, 0.5), P99: summary.Quantile(lat, 0.99), Errors: errs}
 	json.NewEncoder(os.Stdout).Encode(r)
 }

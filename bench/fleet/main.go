@@ -27,15 +27,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/godwit/godwit/bench/internal/child"
+	"github.com/godwit/godwit/bench/internal/benchcmd"
+	"github.com/godwit/godwit/bench/internal/benchenv"
 )
 
 // config is the parsed command line.
@@ -69,9 +68,8 @@ var (
 	outPath   string
 )
 
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "[fleet %s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
-}
+// logf writes progress to stderr.
+var logf = benchcmd.Logf("fleet")
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "-internal-load" {
@@ -86,30 +84,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "fleet:", err)
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done()
-		// A second signal ends the bench at once (the kernel still kills
-		// the children: see setPdeathsig).
-		stop()
-	}()
-	err = run(ctx, cfg)
-	child.KillAll()
-	if tmpDir != "" {
-		if cfg.keepTmp || (err != nil && ctx.Err() == nil) {
-			logf("temp dir kept: %s (configs and every edge's log)", tmpDir)
-		} else {
-			os.RemoveAll(tmpDir)
-		}
-	}
-	switch {
-	case ctx.Err() != nil:
-		logf("interrupted; every child process was killed")
-		os.Exit(130)
-	case err != nil:
-		logf("FAILED: %v", err)
-		os.Exit(1)
-	}
+	os.Exit(benchcmd.Run(logf, func(ctx context.Context) error { return run(ctx, cfg) }))
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -151,29 +126,12 @@ Flags:
 	fs.IntVar(&c.loadCPU, "load-cpu", 1, "core for the load generator and the backend (taskset)")
 	fs.StringVar(&c.load, "load", "auto", "load generator: wrk, go (the bench's own loop), or auto (wrk, installed if missing and possible, else go)")
 	fs.BoolVar(&c.keepTmp, "keep-tmp", false, "keep the temp dir (configs, every edge's log); kept anyway on failure")
-	if err := fs.Parse(args); err != nil {
+	if err := benchcmd.Parse(fs, args, map[string]string{"changes": "6", "kills": "1", "rounds": "1", "duration": "2s", "warmup": "1s"}); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
 	c.quick = *quick
-	if *quick {
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		def := func(name string, apply func()) {
-			if !set[name] {
-				apply()
-			}
-		}
-		def("changes", func() { c.changes = 6 })
-		def("kills", func() { c.kills = 1 })
-		def("rounds", func() { c.rounds = 1 })
-		def("duration", func() { c.duration = 2 * time.Second })
-		def("warmup", func() { c.warmup = time.Second })
-	}
 	c.phases = map[string]bool{}
-	for _, p := range splitList(*phases) {
+	for _, p := range benchcmd.List(*phases) {
 		switch p {
 		case "propagation", "failover", "backhaul":
 			c.phases[p] = true
@@ -181,7 +139,7 @@ Flags:
 			return nil, fmt.Errorf("-phases: unknown %q (want propagation, failover, backhaul)", p)
 		}
 	}
-	for _, p := range splitList(*protocols) {
+	for _, p := range benchcmd.List(*protocols) {
 		if p != "mux" && p != "h2" && p != "quic" {
 			return nil, fmt.Errorf("-protocols: unknown %q (want mux, h2, quic)", p)
 		}
@@ -190,7 +148,7 @@ Flags:
 	if len(c.protocols) == 0 || len(c.phases) == 0 {
 		return nil, errors.New("-phases and -protocols must name at least one")
 	}
-	for _, s := range splitList(*conns) {
+	for _, s := range benchcmd.List(*conns) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
 			return nil, fmt.Errorf("-conns: bad %q", s)
@@ -209,24 +167,15 @@ Flags:
 	return c, nil
 }
 
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
-		out = append(out, strings.TrimSpace(f))
-	}
-	return out
-}
-
-// run does the whole benchmark; main cleans up after it.
-func run(ctx context.Context, cfg *config) error {
+// run does the whole benchmark. It removes its temp dir at the end unless
+// -keep-tmp or a failure (not an interrupt) says to keep it.
+func run(ctx context.Context, cfg *config) (err error) {
 	if runtime.GOOS != "linux" {
 		return errors.New("needs Linux (loopback addresses beyond 127.0.0.1, /proc, taskset)")
 	}
-	root, err := runIn("", "go", "env", "GOMOD")
-	if err != nil || strings.TrimSpace(root) == "" || strings.TrimSpace(root) == os.DevNull {
-		return fmt.Errorf("run from inside the godwit module (go env GOMOD: %q, %v)", strings.TrimSpace(root), err)
+	if repoRoot, err = benchenv.ModuleRoot(); err != nil {
+		return err
 	}
-	repoRoot = filepath.Dir(strings.TrimSpace(root))
 	outPath = cfg.out
 	if !filepath.IsAbs(outPath) {
 		outPath = filepath.Join(repoRoot, outPath)
@@ -240,23 +189,21 @@ func run(ctx context.Context, cfg *config) error {
 	if tmpDir, err = os.MkdirTemp("", "godwit-fleet-bench-"); err != nil {
 		return err
 	}
+	defer func() {
+		if cfg.keepTmp || (err != nil && ctx.Err() == nil) {
+			logf("temp dir kept: %s (configs and every edge's log)", tmpDir)
+		} else {
+			os.RemoveAll(tmpDir)
+		}
+	}()
 	if cfg.phases["backhaul"] {
 		cfg.load = chooseLoad(cfg.load)
 	}
-	if cfg.godwit != "" {
-		godwitBin, err = filepath.Abs(cfg.godwit)
-		if err != nil {
-			return err
-		}
-		if _, err := os.Stat(godwitBin); err != nil {
-			return err
-		}
-	} else {
-		godwitBin = filepath.Join(tmpDir, "godwit")
+	if cfg.godwit == "" {
 		logf("building ./cmd/godwit")
-		if out, err := runIn(repoRoot, "go", "build", "-o", godwitBin, "./cmd/godwit"); err != nil {
-			return fmt.Errorf("go build ./cmd/godwit: %v\n%s", err, out)
-		}
+	}
+	if godwitBin, err = benchenv.Godwit(ctx, repoRoot, cfg.godwit, tmpDir); err != nil {
+		return err
 	}
 	header := machineInfo(cfg)
 	started := time.Now()
@@ -274,7 +221,7 @@ func run(ctx context.Context, cfg *config) error {
 		}
 		sections = append(sections, s)
 	}
-	report := header + fmt.Sprintf("- load average after the runs: %s; took %v\n\n", loadavg(), time.Since(started).Round(time.Second)) +
+	report := header + fmt.Sprintf("- load average after the runs: %s; took %v\n\n", benchenv.LoadAvg(), time.Since(started).Round(time.Second)) +
 		strings.Join(sections, "\n")
 	if err := os.MkdirAll(filepath.Dir(outPath), 0o755); err != nil {
 		return err
@@ -326,61 +273,23 @@ func lastLines(s string, n int) string {
 	return strings.Join(l, " / ")
 }
 
-// runIn runs a command in dir (the current one if "") and returns its
-// combined output.
-func runIn(dir, name string, args ...string) (string, error) {
-	c := exec.Command(name, args...)
-	c.Dir = dir
-	out, err := c.CombinedOutput()
-	return string(out), err
-}
-
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 // machineInfo is the report's header: what ran, where, how.
 func machineInfo(cfg *config) string {
 	var b strings.Builder
 	b.WriteString("# godwit fleet benchmark\n\n")
 	fmt.Fprintf(&b, "- command: `go run ./bench/fleet %s`\n", strings.Join(os.Args[1:], " "))
 	fmt.Fprintf(&b, "- date: %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
-	commit, _ := runIn(repoRoot, "git", "rev-parse", "--short", "HEAD")
-	dirty := ""
-	if _, err := runIn(repoRoot, "git", "diff", "--quiet", "HEAD"); err != nil {
-		dirty = " (+ uncommitted changes)"
-	}
-	if cfg.godwit != "" {
-		fmt.Fprintf(&b, "- godwit binary: prebuilt %s (not built from this tree; tree at %s%s)\n", cfg.godwit, strings.TrimSpace(commit), dirty)
+	if commit := benchenv.Commit(repoRoot); cfg.godwit != "" {
+		fmt.Fprintf(&b, "- godwit binary: prebuilt %s (not built from this tree; tree at %s)\n", cfg.godwit, commit)
 	} else {
-		fmt.Fprintf(&b, "- godwit commit: %s%s\n", strings.TrimSpace(commit), dirty)
+		fmt.Fprintf(&b, "- godwit commit: %s\n", commit)
 	}
-	model := "?"
-	if ci, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(ci), "\n") {
-			if strings.HasPrefix(l, "model name") {
-				_, model, _ = strings.Cut(l, ":")
-				model = strings.TrimSpace(model)
-				break
-			}
-		}
-	}
-	kernel, _ := runIn("", "uname", "-r")
-	fmt.Fprintf(&b, "- machine: %d CPUs, %s, kernel %s\n", runtime.NumCPU(), model, strings.TrimSpace(kernel))
-	gv, _ := runIn("", "go", "version")
-	tools := strings.TrimSpace(gv)
+	fmt.Fprintf(&b, "- machine: %d CPUs, %s, kernel %s\n", benchenv.CPUCount(), benchenv.CPUModel(), benchenv.Kernel())
+	tools := benchenv.GoVersion()
 	if cfg.phases["backhaul"] {
 		if cfg.load == "wrk" {
-			wv, _ := runIn("", "wrk", "-v")
-			if f := strings.Fields(wv); len(f) > 1 {
+			wv, _ := exec.Command("wrk", "-v").CombinedOutput() // it exits with status 1
+			if f := strings.Fields(string(wv)); len(f) > 1 {
 				tools += ", wrk " + f[1]
 			}
 		} else {
@@ -401,7 +310,7 @@ func machineInfo(cfg *config) string {
 	fmt.Fprintf(&b, "- settings: phases %s; protocols %s; propagation %d edges, %d changes, poll %v; failover %d kills per protocol, a request every %v; backhaul %d rounds × %v (warm-up %v), conns %v, edges on CPU %d, load + backend on CPU %d%s\n",
 		strings.Join(phases, ","), strings.Join(cfg.protocols, ","), cfg.edges, cfg.changes, cfg.pollEvery, cfg.kills, cfg.shotEvery,
 		cfg.rounds, cfg.duration, cfg.warmup, cfg.conns, cfg.proxyCPU, cfg.loadCPU, quick)
-	fmt.Fprintf(&b, "- load average (1/5/15 min) before the runs: %s (other work on the two cores shows as noise)\n", loadavg())
+	fmt.Fprintf(&b, "- load average (1/5/15 min) before the runs: %s (other work on the two cores shows as noise)\n", benchenv.LoadAvg())
 	return b.String()
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/godwit/godwit/bench/internal/summary"
 )
 
 // The propagation metric's sample names on /metrics.
@@ -282,8 +284,11 @@ func propagationReport(cfg *config, changes []change) string {
 		missing += len(c.missing)
 	}
 	q := func(xs []float64) []string {
-		f := finite(xs)
-		return []string{ms(quantile(f, 0.5)), ms(quantile(f, 0.99)), ms(quantile(f, 1)), fmt.Sprint(len(f))}
+		f := summary.Finite(xs)
+		if len(f) == 0 {
+			return []string{"—", "—", "—", "0"}
+		}
+		return []string{ms(summary.Quantile(f, 0.5)), ms(summary.Quantile(f, 0.99)), ms(summary.Quantile(f, 1)), fmt.Sprint(len(f))}
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "## a. Propagation of a machine state change (%d edges)\n\n", cfg.edges)
@@ -295,7 +300,7 @@ func propagationReport(cfg *config, changes []change) string {
 		"the owner's clock at publication to arrival). "+
 		"All edges = the slowest receiver of a change; per receiver = each (change, receiver) pair. p99 by nearest rank (with few samples, the largest).\n\n",
 		cfg.edges, len(changes), cfg.pollEvery)
-	b.WriteString(table([]string{"measure", "p50 ms", "p99 ms", "max ms", "samples"}, [][]string{
+	b.WriteString(summary.Table([]string{"measure", "p50 ms", "p99 ms", "max ms", "samples"}, [][]string{
 		append([]string{"polled, all edges"}, q(all)...),
 		append([]string{"polled, per receiver"}, q(per)...),
 		append([]string{"metric, all edges"}, q(mAll)...),

@@ -153,8 +153,8 @@ func check(ctx context.Context, t *target, proto, size string, cert *benchCert, 
 			}
 			return err
 		}
-		if t.p.exited() {
-			return t.p.died()
+		if t.p.Exited() {
+			return t.p.Died()
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

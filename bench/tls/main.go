@@ -28,18 +28,20 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/godwit/godwit/bench/internal/benchcmd"
+	"github.com/godwit/godwit/bench/internal/benchenv"
 	"github.com/godwit/godwit/bench/internal/child"
 )
+
+// stopGrace is how long a child has to exit after SIGTERM before SIGKILL.
+const stopGrace = 10 * time.Second
 
 // settings is the parsed command line.
 type settings struct {
@@ -54,9 +56,8 @@ type settings struct {
 	keepTmp, quick              bool
 }
 
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "[tls %s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
-}
+// logf writes progress to stderr.
+var logf = benchcmd.Logf("tls")
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "-internal-backend" {
@@ -71,21 +72,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "tls:", err)
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done()
-		stop() // a second signal ends the bench at once (children die with it: PR_SET_PDEATHSIG)
-	}()
-	err = runBench(ctx, s)
-	child.KillAll()
-	switch {
-	case ctx.Err() != nil:
-		logf("interrupted; every child process was killed")
-		os.Exit(130)
-	case err != nil:
-		logf("FAILED: %v", err)
-		os.Exit(1)
-	}
+	os.Exit(benchcmd.Run(logf, func(ctx context.Context) error { return runBench(ctx, s) }))
 }
 
 func parseFlags(args []string) (*settings, error) {
@@ -121,25 +108,10 @@ Flags:
 	fs.IntVar(&s.proxyCPU, "proxy-cpu", 0, "core for the proxies (taskset); -1: not pinned")
 	fs.IntVar(&s.loadCPU, "load-cpu", 1, "core for the load generator and the backend (taskset); -1: not pinned")
 	fs.BoolVar(&s.keepTmp, "keep-tmp", false, "keep the temp dir (configs, certificate, logs); kept anyway on failure")
-	if err := fs.Parse(args); err != nil {
+	if err := benchcmd.Parse(fs, args, map[string]string{"rounds": "1", "duration": "1s", "warmup": "0s"}); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
-	}
 	s.quick = *quick
-	if *quick {
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		def := func(name string, apply func()) {
-			if !set[name] {
-				apply()
-			}
-		}
-		def("rounds", func() { s.rounds = 1 })
-		def("duration", func() { s.duration = time.Second })
-		def("warmup", func() { s.warmup = 0 })
-	}
 	if s.latDur == 0 {
 		s.latDur = s.duration
 	}
@@ -155,7 +127,7 @@ Flags:
 	}
 	s.latRate = map[string]int{}
 	if *latRate != "" && *latRate != "0" {
-		for _, kv := range splitList(*latRate) {
+		for _, kv := range benchcmd.List(*latRate) {
 			k, v, ok := strings.Cut(kv, "=")
 			n, err := strconv.Atoi(v)
 			if _, known := sizes[k]; !ok || !known || err != nil || n < 0 {
@@ -174,7 +146,7 @@ Flags:
 // allowed.
 func oneOf(flagName, list string, allowed ...string) ([]string, error) {
 	var out []string
-	for _, v := range splitList(list) {
+	for _, v := range benchcmd.List(list) {
 		if !slices.Contains(allowed, v) {
 			return nil, fmt.Errorf("%s: unknown %q (want %s)", flagName, v, strings.Join(allowed, ", "))
 		}
@@ -186,14 +158,6 @@ func oneOf(flagName, list string, allowed ...string) ([]string, error) {
 		return nil, fmt.Errorf("%s: none", flagName)
 	}
 	return out, nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
-		out = append(out, strings.TrimSpace(f))
-	}
-	return out
 }
 
 // cellKey names a cell: a target, a protocol and a size.
@@ -236,12 +200,11 @@ func runBench(ctx context.Context, s *settings) error {
 	if runtime.GOOS != "linux" {
 		return errors.New("needs Linux (/proc, taskset)")
 	}
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	mod := strings.TrimSpace(string(out))
-	if err != nil || mod == "" || mod == os.DevNull {
-		return fmt.Errorf("run from inside the godwit module (go env GOMOD: %q, %v)", mod, err)
+	root, err := benchenv.ModuleRoot()
+	if err != nil {
+		return err
 	}
-	e := &env{root: filepath.Dir(mod), failed: map[cellKey]string{}, configs: map[string]string{}, started: time.Now()}
+	e := &env{root: root, failed: map[cellKey]string{}, configs: map[string]string{}, started: time.Now()}
 	pin := child.TasksetPath != "" && s.proxyCPU >= 0 && s.loadCPU >= 0
 	if !pin {
 		logf("WARNING: not pinning (taskset missing or a cpu is -1): the proxies and the load share the cores")
@@ -255,36 +218,23 @@ func runBench(ctx context.Context, s *settings) error {
 	if err != nil {
 		return err
 	}
-	keep := s.keepTmp
+	keep := false // set by a failure worth a look at the logs
 	defer func() {
-		if keep {
+		if s.keepTmp || (keep && ctx.Err() == nil) {
 			logf("temp dir kept: %s (configs, certificate, every log)", tmp)
 		} else {
 			os.RemoveAll(tmp)
 		}
 	}()
 
-	// Builds first, on every core.
-	switch {
-	case !slices.Contains(s.targets, "godwit"):
-		// Caddy alone: nothing to build.
-	case s.godwit != "":
-		if e.godwitBin, err = filepath.Abs(s.godwit); err != nil {
+	// Builds first, on every core. Caddy alone: nothing to build.
+	if slices.Contains(s.targets, "godwit") {
+		if s.godwit == "" {
+			logf("go build ./cmd/godwit")
+		}
+		if e.godwitBin, err = benchenv.Godwit(ctx, root, s.godwit, tmp); err != nil {
 			return err
 		}
-		if _, err := os.Stat(e.godwitBin); err != nil {
-			return err
-		}
-	default:
-		e.godwitBin = filepath.Join(tmp, "godwit")
-		logf("go build ./cmd/godwit")
-		c := exec.Command("go", "build", "-o", e.godwitBin, "./cmd/godwit")
-		c.Dir = e.root
-		if out, err := c.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build ./cmd/godwit: %w\n%s", err, out)
-		}
-	}
-	if e.godwitBin != "" {
 		e.godwitQUIC = moduleVersion(e.godwitBin, "github.com/quic-go/quic-go")
 	}
 	if slices.Contains(s.targets, "caddy") {
@@ -313,44 +263,42 @@ func runBench(ctx context.Context, s *settings) error {
 	if err != nil {
 		return err
 	}
-	e.loadBefore = loadavg()
+	e.loadBefore = benchenv.LoadAvg()
+
+	// Ports: the backend's, then one per proxy.
+	ports, err := benchenv.FreePorts(1 + len(s.targets))
+	if err != nil {
+		return err
+	}
 
 	// The backend shares the load generator's core, so that the proxies'
 	// core runs nothing of ours but the proxy measured.
-	bport, err := freePort()
+	backendAddr := "127.0.0.1:" + strconv.Itoa(ports[0])
+	backend, err := child.Start(child.Command(s.loadCPU, self, "-internal-backend", "-addr", backendAddr), "backend", filepath.Join(tmp, "backend.log"), nil)
 	if err != nil {
 		return err
 	}
-	backendAddr := "127.0.0.1:" + strconv.Itoa(bport)
-	backend, err := startProc("backend", s.loadCPU, nil, filepath.Join(tmp, "backend.log"), nil, self, "-internal-backend", "-addr", backendAddr)
-	if err != nil {
-		return err
-	}
-	defer backend.stop()
-	if err := backend.waitTCP(backendAddr, 10*time.Second); err != nil {
+	defer backend.Stop(stopGrace)
+	if err := backend.WaitTCP(ctx, backendAddr, 10*time.Second); err != nil {
 		return err
 	}
 
 	idle := max(64, s.conc) // idle upstream connections kept, both proxies
 	targets := map[string]*target{}
-	for _, name := range s.targets {
-		port, err := freePort()
-		if err != nil {
-			return err
-		}
-		addr := "127.0.0.1:" + strconv.Itoa(port)
+	for i, name := range s.targets {
+		addr := "127.0.0.1:" + strconv.Itoa(ports[1+i])
 		var t *target
 		switch name {
 		case "godwit":
 			logf("starting godwit on %s (HTTPS tcp, HTTP/3 udp), cpu %d", addr, s.proxyCPU)
-			t, err = startGodwit(e.godwitBin, tmp, addr, backendAddr, cert, s.proxyCPU, idle)
+			t, err = startGodwit(ctx, e.godwitBin, tmp, addr, backendAddr, cert, s.proxyCPU, idle)
 			if err != nil {
 				keep = true
 				return err
 			}
 		case "caddy":
 			logf("starting Caddy %s on %s (HTTPS tcp, HTTP/3 udp), cpu %d", e.caddyVer, addr, s.proxyCPU)
-			t, err = startCaddy(e.caddyBin, tmp, addr, backendAddr, cert, s.proxyCPU, idle)
+			t, err = startCaddy(ctx, e.caddyBin, tmp, addr, backendAddr, cert, s.proxyCPU, idle)
 			if err != nil {
 				e.caddyNote = "Caddy was not measured: it did not start: " + err.Error()
 				logf("WARNING: %s", e.caddyNote)
@@ -358,7 +306,7 @@ func runBench(ctx context.Context, s *settings) error {
 				continue
 			}
 		}
-		defer t.p.stop()
+		defer t.p.Stop(stopGrace)
 		targets[name] = t
 		e.configs[name] = t.cfg
 	}
@@ -441,23 +389,23 @@ func runBench(ctx context.Context, s *settings) error {
 						if rate > 0 {
 							dur = s.latDur
 						}
-						t0 := cpuTicks(t.p.pid())
-						pb0, pt0 := coreTicks(s.proxyCPU)
-						lb0, lt0 := coreTicks(s.loadCPU)
+						t0, _ := benchenv.ProcessTicks(t.p.Pid())
+						pb0, pt0 := benchenv.CoreTicks(s.proxyCPU)
+						lb0, lt0 := benchenv.CoreTicks(s.loadCPU)
 						res := attack(ctx, t, proto, size, cert, s.conc, rate, dur)
 						if ctx.Err() != nil {
 							return ctx.Err()
 						}
-						t1 := cpuTicks(t.p.pid())
-						pb1, pt1 := coreTicks(s.proxyCPU)
-						lb1, lt1 := coreTicks(s.loadCPU)
-						if t.p.exited() || t1 < 0 {
+						t1, terr := benchenv.ProcessTicks(t.p.Pid())
+						pb1, pt1 := benchenv.CoreTicks(s.proxyCPU)
+						lb1, lt1 := benchenv.CoreTicks(s.loadCPU)
+						if t.p.Exited() || terr != nil {
 							keep = true
-							return fmt.Errorf("round %d, %s %s %s: %w", r, label(name), protoName[proto], sizeLabel(size), t.p.died())
+							return fmt.Errorf("round %d, %s %s %s: %w", r, label(name), protoName[proto], sizeLabel(size), t.p.Died())
 						}
 						ru := run{round: r, cell: k, rate: rate, res: res, cpuUs: math.NaN(), proxyBusy: math.NaN(), coreBusy: math.NaN(), loadBusy: math.NaN()}
 						if res.requests > 0 {
-							ru.cpuUs = float64(t1-t0) / clkTck * 1e6 / float64(res.requests)
+							ru.cpuUs = float64(t1-t0) / benchenv.TicksPerSecond() * 1e6 / float64(res.requests)
 						}
 						if pt1 > pt0 {
 							// /proc/stat counts USER_HZ ticks per CPU, as /proc/PID/stat does.
@@ -467,7 +415,7 @@ func runBench(ctx context.Context, s *settings) error {
 						if lt1 > lt0 {
 							ru.loadBusy = 100 * float64(lb1-lb0) / float64(lt1-lt0)
 						}
-						if f := strings.Fields(loadavg()); len(f) > 0 {
+						if f := strings.Fields(benchenv.LoadAvg()); len(f) > 0 {
 							ru.load1 = f[0]
 						}
 						runs = append(runs, ru)
@@ -486,7 +434,7 @@ func runBench(ctx context.Context, s *settings) error {
 			}
 		}
 	}
-	e.loadAfter = loadavg()
+	e.loadAfter = benchenv.LoadAvg()
 
 	rep := report(s, e, runs)
 	fmt.Print(rep)

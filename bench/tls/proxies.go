@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -16,7 +17,7 @@ import (
 // HTTPS (TCP) and HTTP/3 (UDP) on.
 type target struct {
 	name string // "godwit" or "caddy"
-	p    *proc
+	p    *child.Proc
 	addr string
 	cfg  string // its config, for the temp dir and -keep-tmp
 }
@@ -79,7 +80,7 @@ state   = "started"
 // startGodwit runs `godwit run --config` pinned to cpu and returns once
 // its "godwit edge running" log line says HTTPS is bound. HTTP/3 is not in
 // that line; the checks before measuring find whether it answers.
-func startGodwit(bin, dir, addr, backend string, cert *benchCert, cpu, idle int) (*target, error) {
+func startGodwit(ctx context.Context, bin, dir, addr, backend string, cert *benchCert, cpu, idle int) (*target, error) {
 	cfg := godwitConfig(addr, backend, cert, idle)
 	cfgPath := filepath.Join(dir, "godwit.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
@@ -87,22 +88,17 @@ func startGodwit(bin, dir, addr, backend string, cert *benchCert, cpu, idle int)
 	}
 	running := make(chan struct{})
 	var once bool
-	p, err := startProc("godwit", cpu, nil, filepath.Join(dir, "godwit.log"), func(line string) {
+	p, err := child.Start(child.Command(cpu, bin, "run", "--config", cfgPath), "godwit", filepath.Join(dir, "godwit.log"), func(line string) {
 		if !once && strings.Contains(line, `"msg":"godwit edge running"`) {
 			once = true
 			close(running)
 		}
-	}, bin, "run", "--config", cfgPath)
+	})
 	if err != nil {
 		return nil, err
 	}
-	select {
-	case <-running:
-	case <-p.done:
-		return nil, p.died()
-	case <-time.After(30 * time.Second):
-		p.stop()
-		return nil, fmt.Errorf("godwit not up within 30s; its log (%s):\n%s", p.logPath, child.Tail(p.logPath, 15))
+	if err := p.Await(ctx, running, 30*time.Second); err != nil {
+		return nil, err
 	}
 	return &target{name: "godwit", p: p, addr: addr, cfg: cfg}, nil
 }
@@ -148,20 +144,21 @@ func caddyConfig(addr, backend string, cert *benchCert, dataDir string, idle int
 // startCaddy runs `caddy run --config` pinned to cpu, with its config and
 // data dirs in dir (nothing under $HOME), and returns once it accepts TCP
 // connections on addr.
-func startCaddy(bin, dir, addr, backend string, cert *benchCert, cpu, idle int) (*target, error) {
+func startCaddy(ctx context.Context, bin, dir, addr, backend string, cert *benchCert, cpu, idle int) (*target, error) {
 	data := filepath.Join(dir, "caddy-data")
 	cfg := caddyConfig(addr, backend, cert, data, idle)
 	cfgPath := filepath.Join(dir, "caddy.json")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	env := []string{"XDG_CONFIG_HOME=" + filepath.Join(dir, "caddy-config"), "XDG_DATA_HOME=" + data}
-	p, err := startProc("caddy", cpu, env, filepath.Join(dir, "caddy.log"), nil, bin, "run", "--config", cfgPath)
+	c := child.Command(cpu, bin, "run", "--config", cfgPath)
+	c.Env = append(os.Environ(), "XDG_CONFIG_HOME="+filepath.Join(dir, "caddy-config"), "XDG_DATA_HOME="+data)
+	p, err := child.Start(c, "caddy", filepath.Join(dir, "caddy.log"), nil)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.waitTCP(addr, 30*time.Second); err != nil {
-		p.stop()
+	if err := p.WaitTCP(ctx, addr, 30*time.Second); err != nil {
+		p.Stop(stopGrace)
 		return nil, err
 	}
 	return &target{name: "caddy", p: p, addr: addr, cfg: cfg}, nil

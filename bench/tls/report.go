@@ -2,15 +2,16 @@ package main
 
 import (
 	"fmt"
-	"math"
+	"maps"
 	"os"
-	"os/exec"
-	"runtime"
 	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/godwit/godwit/bench/internal/benchenv"
+	"github.com/godwit/godwit/bench/internal/summary"
 )
 
 // report renders the markdown report.
@@ -29,7 +30,7 @@ func report(s *settings, e *env, runs []run) string {
 			rows = append(rows, maxRow(s, e, runs, proto, size))
 		}
 	}
-	b.WriteString(table([]string{"protocol", "size", "godwit req/s", "godwit p50 / p99 ms", "Caddy req/s", "Caddy p50 / p99 ms",
+	b.WriteString(summary.Table([]string{"protocol", "size", "godwit req/s", "godwit p50 / p99 ms", "Caddy req/s", "Caddy p50 / p99 ms",
 		"req/s godwit ÷ Caddy", "CPU µs/req godwit / Caddy", "errors godwit / Caddy"}, rows))
 
 	if len(s.latRate) > 0 {
@@ -46,7 +47,7 @@ func report(s *settings, e *env, runs []run) string {
 				rows = append(rows, rateRow(s, e, runs, proto, size, rate))
 			}
 		}
-		b.WriteString(table([]string{"protocol", "size", "rate req/s", "godwit answered req/s", "godwit p50 / p99 ms",
+		b.WriteString(summary.Table([]string{"protocol", "size", "rate req/s", "godwit answered req/s", "godwit p50 / p99 ms",
 			"Caddy answered req/s", "Caddy p50 / p99 ms", "p99 godwit − Caddy ms", "errors godwit / Caddy"}, rows))
 	}
 
@@ -93,15 +94,10 @@ func report(s *settings, e *env, runs []run) string {
 func header(b *strings.Builder, s *settings, e *env) {
 	fmt.Fprintf(b, "- command: `go run ./bench/tls %s`\n", strings.Join(os.Args[1:], " "))
 	fmt.Fprintf(b, "- date: %s; took %v\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), time.Since(e.started).Round(time.Second))
-	commit := gitOut(e.root, "rev-parse", "--short", "HEAD")
-	dirty := ""
-	if gitOut(e.root, "status", "--porcelain", "--untracked-files=no") != "" {
-		dirty = " (+ uncommitted changes)"
-	}
-	if s.godwit != "" {
-		fmt.Fprintf(b, "- godwit: prebuilt %s (tree at %s%s)\n", s.godwit, commit, dirty)
+	if commit := benchenv.Commit(e.root); s.godwit != "" {
+		fmt.Fprintf(b, "- godwit: prebuilt %s (tree at %s)\n", s.godwit, commit)
 	} else {
-		fmt.Fprintf(b, "- godwit: commit %s%s\n", commit, dirty)
+		fmt.Fprintf(b, "- godwit: commit %s\n", commit)
 	}
 	switch {
 	case e.caddyNote != "":
@@ -113,7 +109,6 @@ func header(b *strings.Builder, s *settings, e *env) {
 		}
 		fmt.Fprintf(b, "- Caddy: %s (%s)\n", e.caddyVer, how)
 	}
-	gv := strings.TrimSpace(runOut("go", "version"))
 	vegetaV, loadQUIC := "?", "?"
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
@@ -133,19 +128,9 @@ func header(b *strings.Builder, s *settings, e *env) {
 		q = append(q, "Caddy "+e.caddyQUIC)
 	}
 	quic := strings.Join(q, ", ")
-	fmt.Fprintf(b, "- tools: %s; load: vegeta %s library, quic-go %s in the client; quic-go in the proxies: %s\n", gv, vegetaV, loadQUIC, quic)
-	model := "?"
-	if ci, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(ci), "\n") {
-			if strings.HasPrefix(l, "model name") {
-				_, model, _ = strings.Cut(l, ":")
-				model = strings.TrimSpace(model)
-				break
-			}
-		}
-	}
+	fmt.Fprintf(b, "- tools: %s; load: vegeta %s library, quic-go %s in the client; quic-go in the proxies: %s\n", benchenv.GoVersion(), vegetaV, loadQUIC, quic)
 	fmt.Fprintf(b, "- machine: %d CPUs, %s, kernel %s; UDP buffers net.core.rmem_max %s, wmem_max %s (quic-go asks for 7.5 MB and warns when it gets less)\n",
-		runtime.NumCPU(), model, strings.TrimSpace(runOut("uname", "-r")), sysctl("net/core/rmem_max"), sysctl("net/core/wmem_max"))
+		benchenv.CPUCount(), benchenv.CPUModel(), benchenv.Kernel(), sysctl("net/core/rmem_max"), sysctl("net/core/wmem_max"))
 	pin := "not pinned"
 	if e.pinned {
 		pin = fmt.Sprintf("the proxies on CPU %d (taskset; GOMAXPROCS follows: 1), vegeta (GOMAXPROCS 1) and the backend on CPU %d", s.proxyCPU, s.loadCPU)
@@ -185,13 +170,8 @@ func series(runs []run, k cellKey, rate int) map[int]run {
 }
 
 func values(m map[int]run, f func(run) float64) []float64 {
-	rounds := make([]int, 0, len(m))
-	for r := range m {
-		rounds = append(rounds, r)
-	}
-	sort.Ints(rounds)
 	var out []float64
-	for _, r := range rounds {
+	for _, r := range slices.Sorted(maps.Keys(m)) {
 		out = append(out, f(m[r]))
 	}
 	return out
@@ -244,12 +224,12 @@ func maxRow(s *settings, e *env, runs []run, proto, size string) []string {
 			}
 			return "—", "—"
 		}
-		return cell(values(m, func(r run) float64 { return r.res.rps }), "%.0f"),
-			fmt.Sprintf("%.2f / %.2f", median(values(m, func(r run) float64 { return r.res.p50 })), median(values(m, func(r run) float64 { return r.res.p99 })))
+		return summary.Cell(values(m, func(r run) float64 { return r.res.rps }), "%.0f"),
+			fmt.Sprintf("%.2f / %.2f", summary.Median(values(m, func(r run) float64 { return r.res.p50 })), summary.Median(values(m, func(r run) float64 { return r.res.p99 })))
 	}
 	grps, glat := rps(gk, g)
 	crps, clat := rps(ck, c)
-	ratio := cell(pairs(g, c, func(g, c run) float64 { return g.res.rps / c.res.rps }), "%.2f")
+	ratio := summary.Cell(pairs(g, c, func(g, c run) float64 { return g.res.rps / c.res.rps }), "%.2f")
 	cpu := fmt.Sprintf("%s / %s", cellMed(values(g, func(r run) float64 { return r.cpuUs }), "%.0f"), cellMed(values(c, func(r run) float64 { return r.cpuUs }), "%.0f"))
 	errs := fmt.Sprintf("%s / %s", errCount(g), errCount(c))
 	return []string{protoName[proto], sizeLabel(size), grps, glat, crps, clat, ratio, cpu, errs}
@@ -266,15 +246,15 @@ func rateRow(s *settings, e *env, runs []run, proto, size string, rate int) []st
 			return "—", "—"
 		}
 		ans := values(m, func(r run) float64 { return r.res.rps })
-		a := cell(ans, "%.0f")
-		if median(ans) < 0.95*float64(rate) {
+		a := summary.Cell(ans, "%.0f")
+		if summary.Median(ans) < 0.95*float64(rate) {
 			a += " ⚠"
 		}
-		return a, fmt.Sprintf("%.2f / %.2f", median(values(m, func(r run) float64 { return r.res.p50 })), median(values(m, func(r run) float64 { return r.res.p99 })))
+		return a, fmt.Sprintf("%.2f / %.2f", summary.Median(values(m, func(r run) float64 { return r.res.p50 })), summary.Median(values(m, func(r run) float64 { return r.res.p99 })))
 	}
 	ga, glat := one(gk, g)
 	ca, clat := one(ck, c)
-	d := cell(pairs(g, c, func(g, c run) float64 { return g.res.p99 - c.res.p99 }), "%+.2f")
+	d := summary.Cell(pairs(g, c, func(g, c run) float64 { return g.res.p99 - c.res.p99 }), "%+.2f")
 	return []string{protoName[proto], sizeLabel(size), fmt.Sprint(rate), ga, glat, ca, clat, d, fmt.Sprintf("%s / %s", errCount(g), errCount(c))}
 }
 
@@ -320,15 +300,15 @@ func goals(b *strings.Builder, s *settings, e *env, runs []run) {
 				case errorsOf(g)+errorsOf(c) > 0:
 					verdict = "**not valid** (errors)"
 					none++
-				case median(ratios) < 1:
+				case summary.Median(ratios) < 1:
 					verdict = "**not met**"
 					notMet++
 				default:
 					met++
 				}
 				line += fmt.Sprintf("godwit ÷ Caddy req/s %s: %s (godwit %s req/s, Caddy %s; CPU µs/req godwit ÷ Caddy %s)",
-					cell(ratios, "%.2f"), verdict, cellMed(values(g, func(r run) float64 { return r.res.rps }), "%.0f"),
-					cellMed(values(c, func(r run) float64 { return r.res.rps }), "%.0f"), cell(cpu, "%.2f"))
+					summary.Cell(ratios, "%.2f"), verdict, cellMed(values(g, func(r run) float64 { return r.res.rps }), "%.0f"),
+					cellMed(values(c, func(r run) float64 { return r.res.rps }), "%.0f"), summary.Cell(cpu, "%.2f"))
 			}
 			b.WriteString(line + "\n")
 		}
@@ -373,7 +353,7 @@ func cores(b *strings.Builder, s *settings, e *env, runs []run) {
 			}
 		}
 		fmt.Fprintf(b, "- %s runs: %s's share of CPU %d %s %%, CPU %d busy (anyone) %s %%, CPU %d busy %s %%\n",
-			label(name), label(name), s.proxyCPU, cell(own, "%.0f"), s.proxyCPU, cell(core, "%.0f"), s.loadCPU, cell(load, "%.0f"))
+			label(name), label(name), s.proxyCPU, summary.Cell(own, "%.0f"), s.proxyCPU, summary.Cell(core, "%.0f"), s.loadCPU, summary.Cell(load, "%.0f"))
 	}
 	fmt.Fprintf(b, "- proxy-bound runs (the proxy used ≥ 90 %% of its core): %d of %d; these compare the proxies' throughput.\n", proxyBound, total)
 	fmt.Fprintf(b, "- load-bound runs (CPU %d ≥ 95 %% busy while CPU %d was < 90 %%): %d of %d. There the load generator set the pace, and req/s ÷ Caddy "+
@@ -416,21 +396,6 @@ func runsTSV(runs []run) string {
 	return b.String()
 }
 
-func gitOut(dir string, args ...string) string {
-	c := exec.Command("git", args...)
-	c.Dir = dir
-	out, err := c.Output()
-	if err != nil {
-		return "?"
-	}
-	return strings.TrimSpace(string(out))
-}
-
-func runOut(name string, args ...string) string {
-	out, _ := exec.Command(name, args...).Output()
-	return string(out)
-}
-
 func sysctl(name string) string {
 	b, err := os.ReadFile("/proc/sys/" + name)
 	if err != nil {
@@ -439,63 +404,10 @@ func sysctl(name string) string {
 	return strings.TrimSpace(string(b))
 }
 
-func median(xs []float64) float64 {
-	xs = finite(xs)
-	if len(xs) == 0 {
-		return math.NaN()
-	}
-	s := slices.Clone(xs)
-	sort.Float64s(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
-
-// cell formats the median of xs and, with more than one value, its range:
-// "1.23 (1.01–1.40)". "—" for none.
-func cell(xs []float64, format string) string {
-	xs = finite(xs)
-	if len(xs) == 0 {
-		return "—"
-	}
-	m := fmt.Sprintf(format, median(xs))
-	if len(xs) == 1 {
-		return m
-	}
-	lo, hi := slices.Min(xs), slices.Max(xs)
-	return fmt.Sprintf("%s (%s–%s)", m, fmt.Sprintf(format, lo), fmt.Sprintf(format, hi))
-}
-
 // cellMed formats the median alone; "—" for none.
 func cellMed(xs []float64, format string) string {
-	if len(finite(xs)) == 0 {
+	if len(summary.Finite(xs)) == 0 {
 		return "—"
 	}
-	return fmt.Sprintf(format, median(xs))
-}
-
-func finite(xs []float64) []float64 {
-	out := xs[:0:0]
-	for _, x := range xs {
-		if !math.IsNaN(x) && !math.IsInf(x, 0) {
-			out = append(out, x)
-		}
-	}
-	return out
-}
-
-// table renders a markdown table.
-func table(head []string, rows [][]string) string {
-	var b strings.Builder
-	b.WriteString("| " + strings.Join(head, " | ") + " |\n|")
-	for range head {
-		b.WriteString("---|")
-	}
-	b.WriteString("\n")
-	for _, r := range rows {
-		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
-	}
-	return b.String()
+	return fmt.Sprintf(format, summary.Median(xs))
 }

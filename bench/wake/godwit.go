@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,7 +66,7 @@ func (g *godwitBench) warmup() error {
 	for pid := range r.pids {
 		g.lastPid = pid
 	}
-	fmt.Fprintf(os.Stderr, "wake: godwit at %s (admin %s) answers from machine pid %d\n", g.edge.http, g.edge.admin, g.lastPid)
+	logf("godwit at %s (admin %s) answers from machine pid %d", g.edge.http, g.edge.admin, g.lastPid)
 	return nil
 }
 

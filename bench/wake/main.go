@@ -18,11 +18,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -33,6 +33,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/godwit/godwit/bench/internal/benchcmd"
+	"github.com/godwit/godwit/bench/internal/benchenv"
 	"github.com/godwit/godwit/bench/internal/child"
 )
 
@@ -53,6 +55,9 @@ type settings struct {
 // pinnedEnv marks the bench's own re-exec under taskset.
 const pinnedEnv = "GODWIT_WAKE_BENCH_PINNED"
 
+// logf writes progress to stderr.
+var logf = benchcmd.Logf("wake")
+
 func main() {
 	var s settings
 	flag.StringVar(&s.godwit, "godwit", "", "a godwit binary to measure instead of building ./cmd/godwit")
@@ -64,10 +69,10 @@ func main() {
 	flag.IntVar(&s.loadCPU, "load-cpu", 1, "core for the bench (the waiters) and the test app; -1: not pinned")
 	flag.DurationVar(&s.settle, "settle", 100*time.Millisecond, "pause after a stop or suspend before the next measurement")
 	flag.BoolVar(&s.keepTmp, "keep-tmp", false, "keep the temp dir (binaries, godwit's config and log)")
-	flag.BoolVar(&s.quick, "quick", false, "smoke test: -n 3")
-	flag.Parse()
-	if s.quick {
-		s.n = 3
+	flag.BoolVar(&s.quick, "quick", false, "smoke test: -n 3; explicit flags still win")
+	if err := benchcmd.Parse(flag.CommandLine, os.Args[1:], map[string]string{"n": "3"}); err != nil {
+		fmt.Fprintln(os.Stderr, "wake:", err)
+		os.Exit(2)
 	}
 	if s.n < 1 || s.waiters < 1 {
 		fmt.Fprintln(os.Stderr, "wake: -n and -waiters must be at least 1")
@@ -79,21 +84,7 @@ func main() {
 	if s.loadCPU >= 0 && os.Getenv(pinnedEnv) == "" {
 		os.Exit(reexecPinned(s.loadCPU))
 	}
-
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		sig := <-sigs
-		fmt.Fprintf(os.Stderr, "wake: %v: killing every child\n", sig)
-		child.KillAll()
-		os.Exit(130)
-	}()
-	err := run(s)
-	child.KillAll()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "wake:", err)
-		os.Exit(1)
-	}
+	os.Exit(benchcmd.Run(logf, func(ctx context.Context) error { return run(ctx, s) }))
 }
 
 // reexecPinned runs the bench again under taskset on cpu (Go's threads
@@ -103,7 +94,7 @@ func main() {
 func reexecPinned(cpu int) int {
 	self, err := os.Executable()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "wake:", err)
+		logf("FAILED: %v", err)
 		return 1
 	}
 	c := child.Command(cpu, append([]string{self}, os.Args[1:]...)...)
@@ -112,7 +103,7 @@ func reexecPinned(cpu int) int {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	if err := c.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, "wake:", err)
+		logf("FAILED: %v", err)
 		return 1
 	}
 	go func() {
@@ -133,8 +124,11 @@ func reexecPinned(cpu int) int {
 	return 0
 }
 
-func run(s settings) error {
-	root, err := moduleRoot()
+// run does the whole benchmark. At an interrupt (ctx) it stops between
+// measurements, and its deferred calls stop godwit (which stops its
+// machine) and the app.
+func run(ctx context.Context, s settings) error {
+	root, err := benchenv.ModuleRoot()
 	if err != nil {
 		return err
 	}
@@ -142,26 +136,25 @@ func run(s settings) error {
 	if err != nil {
 		return err
 	}
-	keep := s.keepTmp
+	keep := false // set by a failure worth a look at the logs
 	defer func() {
-		if keep {
-			fmt.Fprintln(os.Stderr, "wake: temp dir kept:", tmp)
+		if s.keepTmp || (keep && ctx.Err() == nil) {
+			logf("temp dir kept: %s", tmp)
 		} else {
 			os.RemoveAll(tmp)
 		}
 	}()
 
-	bin := s.godwit
-	if bin == "" {
-		bin = filepath.Join(tmp, "godwit")
-		if err := build(root, bin, "./cmd/godwit"); err != nil {
-			return err
-		}
-	} else if bin, err = filepath.Abs(bin); err != nil {
+	if s.godwit == "" {
+		logf("go build ./cmd/godwit")
+	}
+	bin, err := benchenv.Godwit(ctx, root, s.godwit, tmp)
+	if err != nil {
 		return err
 	}
 	testapp := filepath.Join(tmp, "testapp")
-	if err := build(root, testapp, "./autostart/internal/testapp"); err != nil {
+	logf("go build ./autostart/internal/testapp")
+	if err := benchenv.Build(ctx, root, testapp, "./autostart/internal/testapp"); err != nil {
 		return err
 	}
 	appArgv := []string{testapp, "-listen-delay", s.listenDelay.String()}
@@ -172,7 +165,7 @@ func run(s settings) error {
 		machineArgv = append([]string{child.TasksetPath, "-c", strconv.Itoa(s.loadCPU)}, appArgv...)
 	}
 
-	ports, err := freePorts(3)
+	ports, err := benchenv.FreePorts(3)
 	if err != nil {
 		return err
 	}
@@ -182,10 +175,10 @@ func run(s settings) error {
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o644); err != nil {
 		return err
 	}
-	loadBefore := loadavg()
+	loadBefore := benchenv.LoadAvg()
 
-	fmt.Fprintf(os.Stderr, "wake: starting godwit (%s) on cpu %d\n", bin, s.proxyCPU)
-	e, err := startEdge(bin, cfgPath, filepath.Join(tmp, "godwit.log"), s.proxyCPU)
+	logf("starting godwit (%s) on cpu %d", bin, s.proxyCPU)
+	e, err := startEdge(ctx, bin, cfgPath, filepath.Join(tmp, "godwit.log"), s.proxyCPU)
 	if err != nil {
 		keep = true
 		return err
@@ -202,7 +195,7 @@ func run(s settings) error {
 	if err != nil {
 		return err
 	}
-	defer resumeApp.stop()
+	defer resumeApp.Stop(appStopGrace)
 	if _, err := pollReady(resumePort, 10*time.Second); err != nil {
 		return fmt.Errorf("test app alone: %w", err)
 	}
@@ -213,6 +206,9 @@ func run(s settings) error {
 
 	var r results
 	for i := 0; i < s.n; i++ {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		d, err := baselineCold(appArgv, s.loadCPU, coldPort)
 		if err != nil {
 			return fmt.Errorf("round %d: app alone, cold: %w", i+1, err)
@@ -242,7 +238,7 @@ func run(s settings) error {
 			return fmt.Errorf("round %d: godwit, resume: %w", i+1, err)
 		}
 		r.resume = append(r.resume, resume)
-		fmt.Fprintf(os.Stderr, "wake: round %d/%d: alone cold %s resume %s | godwit running %s | cold first %s last %s (woke %s) failed %d | resume first %s last %s (woke %s) failed %d\n",
+		logf("round %d/%d: alone cold %s resume %s | godwit running %s | cold first %s last %s (woke %s) failed %d | resume first %s last %s (woke %s) failed %d",
 			i+1, s.n, ms(r.baseCold[i]), ms(r.baseResume[i]), ms(r.warm[i]),
 			ms(cold.first), ms(cold.last), ms(cold.woke), cold.failed,
 			ms(resume.first), ms(resume.last), ms(resume.woke), resume.failed)
@@ -250,7 +246,7 @@ func run(s settings) error {
 
 	rep := report(s, r, reportInfo{
 		root: root, godwit: bin, cfg: cfgText, argv: machineArgv,
-		loadBefore: loadBefore, loadAfter: loadavg(),
+		loadBefore: loadBefore, loadAfter: benchenv.LoadAvg(),
 	})
 	fmt.Print(rep)
 	if s.out != "" {
@@ -261,7 +257,7 @@ func run(s settings) error {
 		if err := os.WriteFile(out, []byte(rep), 0o644); err != nil {
 			return err
 		}
-		fmt.Fprintln(os.Stderr, "wake: report written to", out)
+		logf("report written to %s", out)
 	}
 	return nil
 }
@@ -283,7 +279,7 @@ func baselineCold(argv []string, cpu, port int) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer a.stop()
+	defer a.Stop(appStopGrace)
 	at, err := pollReady(port, 10*time.Second)
 	if err != nil {
 		return 0, err
@@ -294,9 +290,9 @@ func baselineCold(argv []string, cpu, port int) (time.Duration, error) {
 // baselineResume suspends the running app (SIGSTOP, until the kernel
 // shows it stopped), waits settle, then sends SIGCONT and one GET / on a
 // new connection: SIGCONT to answer.
-func baselineResume(a *app, port int, settle time.Duration) (time.Duration, error) {
-	pid := a.cmd.Process.Pid
-	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+func baselineResume(a *child.Proc, port int, settle time.Duration) (time.Duration, error) {
+	pid := a.Pid()
+	if err := a.Signal(syscall.SIGSTOP); err != nil {
 		return 0, err
 	}
 	if err := waitState(pid, 'T', 5*time.Second); err != nil {
@@ -304,7 +300,7 @@ func baselineResume(a *app, port int, settle time.Duration) (time.Duration, erro
 	}
 	time.Sleep(settle)
 	t0 := time.Now()
-	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := a.Signal(syscall.SIGCONT); err != nil {
 		return 0, err
 	}
 	if err := getOK(pollClient, port); err != nil {
@@ -344,49 +340,6 @@ func pollReady(port int, timeout time.Duration) (time.Time, error) {
 		time.Sleep(500 * time.Microsecond)
 	}
 	return time.Time{}, fmt.Errorf("port %d not answering within %v: %w", port, timeout, last)
-}
-
-func build(root, out, pkg string) error {
-	fmt.Fprintf(os.Stderr, "wake: go build -o %s %s\n", out, pkg)
-	c := exec.Command("go", "build", "-o", out, pkg)
-	c.Dir = root
-	c.Stdout, c.Stderr = os.Stderr, os.Stderr
-	if err := c.Run(); err != nil {
-		return fmt.Errorf("go build %s: %w", pkg, err)
-	}
-	return nil
-}
-
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("not inside a Go module: run from the repository root")
-	}
-	return filepath.Dir(mod), nil
-}
-
-// freePorts returns n loopback ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func godwitConfig(port int, argv []string, waiters int) string {
@@ -430,18 +383,6 @@ state   = "stopped"
   kind    = "exec"
   command = [%s]
 `, max(1024, 2*waiters), port, strings.Join(q, ", "))
-}
-
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 func ms(d time.Duration) string {

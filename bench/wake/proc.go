@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,40 +13,16 @@ import (
 	"github.com/godwit/godwit/bench/internal/child"
 )
 
-// app is one test app started by the bench itself (the baseline).
-type app struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed once reaped
-}
+// appStopGrace is how long the test app has to exit after SIGTERM (it
+// exits at once) before SIGKILL.
+const appStopGrace = 5 * time.Second
 
-// startApp execs the test app with PORT set; the caller times from just
-// before this call.
-func startApp(argv []string, cpu int, port int) (*app, error) {
+// startApp execs the test app (the baseline, without godwit) with PORT
+// set, its output discarded; the caller times from just before this call.
+func startApp(argv []string, cpu int, port int) (*child.Proc, error) {
 	c := child.Command(cpu, argv...)
 	c.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "FLY_MACHINE_ID=baseline")
-	if err := c.Start(); err != nil {
-		return nil, fmt.Errorf("start test app: %w", err)
-	}
-	child.Track(c)
-	a := &app{cmd: c, done: make(chan struct{})}
-	go func() {
-		c.Wait()
-		child.Untrack(c)
-		close(a.done)
-	}()
-	return a, nil
-}
-
-// stop ends the app: SIGINT (it exits at once), SIGKILL after 5 s.
-func (a *app) stop() {
-	a.cmd.Process.Signal(syscall.SIGCONT)
-	a.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-a.done:
-	case <-time.After(5 * time.Second):
-		a.cmd.Process.Kill()
-		<-a.done
-	}
+	return child.Start(c, "test app", "", nil)
 }
 
 // waitState polls /proc until process pid is in state st ('T': stopped),
@@ -70,84 +44,45 @@ func waitState(pid int, st byte, timeout time.Duration) error {
 	}
 }
 
-// edge is the `godwit run` child. Its JSON log goes to logPath; the bound
+// edge is the `godwit run` child. Its JSON log goes to a file; the bound
 // addresses are read from its "godwit edge running" line.
 type edge struct {
-	cmd         *exec.Cmd
-	logPath     string
-	done        chan struct{} // closed once reaped
+	p           *child.Proc
 	http, admin string
 }
 
-func startEdge(bin, cfgPath, logPath string, cpu int) (*edge, error) {
-	lf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	e := &edge{logPath: logPath, done: make(chan struct{})}
-	e.cmd = child.Command(cpu, bin, "run", "--config", cfgPath)
-	e.cmd.Stdout = lf
-	stderr, err := e.cmd.StderrPipe()
-	if err != nil {
-		lf.Close()
-		return nil, err
-	}
-	if err := e.cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start godwit: %w", err)
-	}
-	child.Track(e.cmd)
-	type addrs struct{ http, admin string }
-	running := make(chan addrs, 1)
-	go func() {
-		defer close(e.done)
-		defer lf.Close()
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Bytes()
-			lf.Write(append(line, '\n'))
-			if !strings.Contains(string(line), `"msg":"godwit edge running"`) {
-				continue
-			}
-			var rec map[string]any
-			if json.Unmarshal(line, &rec) == nil {
-				running <- addrs{fmt.Sprint(rec["http"]), fmt.Sprint(rec["admin"])}
-			}
+// edgeStopGrace is how long godwit has to drain and stop its machine after
+// SIGTERM before SIGKILL.
+const edgeStopGrace = 15 * time.Second
+
+// startEdge runs godwit and returns once its log says it serves.
+func startEdge(ctx context.Context, bin, cfgPath, logPath string, cpu int) (*edge, error) {
+	up := make(chan struct{})
+	e := &edge{}
+	running := false
+	p, err := child.Start(child.Command(cpu, bin, "run", "--config", cfgPath), "godwit", logPath, func(line string) {
+		if running || !strings.Contains(line, `"msg":"godwit edge running"`) {
+			return
 		}
-		io.Copy(io.Discard, stderr)
-		e.cmd.Wait()
-		child.Untrack(e.cmd)
-	}()
-	select {
-	case a := <-running:
-		e.http, e.admin = a.http, a.admin
-		return e, nil
-	case <-e.done:
-		return nil, fmt.Errorf("godwit exited before it was up; its log (%s):\n%s", logPath, child.Tail(logPath, 15))
-	case <-time.After(30 * time.Second):
-		e.cmd.Process.Kill()
-		<-e.done
-		return nil, fmt.Errorf("godwit not up within 30s; its log (%s):\n%s", logPath, child.Tail(logPath, 15))
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil {
+			running, e.http, e.admin = true, fmt.Sprint(rec["http"]), fmt.Sprint(rec["admin"])
+			close(up)
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
+	e.p = p
+	if err := p.Await(ctx, up, 30*time.Second); err != nil {
+		return nil, err
+	}
+	return e, nil
 }
 
 // stop ends godwit: SIGTERM (it drains and stops its machines), SIGKILL
-// after 15 s.
-func (e *edge) stop() {
-	select {
-	case <-e.done:
-		return
-	default:
-	}
-	e.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-e.done:
-	case <-time.After(15 * time.Second):
-		e.cmd.Process.Kill()
-		<-e.done
-	}
-}
+// after edgeStopGrace.
+func (e *edge) stop() { e.p.Stop(edgeStopGrace) }
 
 // killStray SIGKILLs every pid in pids that still runs exe (machines that
 // godwit started and did not stop, if it died first).

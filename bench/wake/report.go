@@ -4,13 +4,12 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
-	"runtime"
-	"slices"
 	"strings"
 	"time"
 
+	"github.com/godwit/godwit/bench/internal/benchenv"
 	"github.com/godwit/godwit/bench/internal/child"
+	"github.com/godwit/godwit/bench/internal/summary"
 )
 
 // goals are issue 5's: proxy overhead under these.
@@ -20,17 +19,6 @@ type reportInfo struct {
 	root, godwit, cfg     string
 	argv                  []string
 	loadBefore, loadAfter string
-}
-
-// pct is the nearest-rank percentile p (0–100) of ds.
-func pct(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[min(max(i, 0), len(s)-1)]
 }
 
 func msf(d time.Duration) string {
@@ -49,7 +37,7 @@ type kindStats struct {
 
 func stats(kind string, base []time.Duration, rounds []roundResult, waiters int) kindStats {
 	k := kindStats{kind: kind, base: base}
-	b50 := pct(base, 50)
+	b50 := summary.Quantile(base, 0.5)
 	seen := map[string]bool{}
 	for _, r := range rounds {
 		k.first = append(k.first, r.first)
@@ -80,19 +68,19 @@ func report(s settings, r results, info reportInfo) string {
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 
 	p("# godwit wake overhead\n\n")
-	p("%s, commit %s. Issue 5's benchmark: time to the first response of a burst of\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), commit(info.root))
+	p("%s, commit %s. Issue 5's benchmark: time to the first response of a burst of\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), benchenv.Commit(info.root))
 	p("requests for a stopped (cold) or suspended (resume) machine, through godwit, minus\n")
 	p("the app's own start-to-ready (resume-to-answer) time without godwit.\n\n")
 
 	p("## Setup\n\n")
 	p("- command: `%s`\n", strings.TrimSpace("go run ./bench/wake "+strings.Join(os.Args[1:], " ")))
-	p("- machine: %s, %d CPUs (nproc), Linux %s; load average before %s, after %s\n", cpuModel(), cpuCount(), kernel(), info.loadBefore, info.loadAfter)
+	p("- machine: %s, %d CPUs (nproc), Linux %s; load average before %s, after %s\n", benchenv.CPUModel(), benchenv.CPUCount(), benchenv.Kernel(), info.loadBefore, info.loadAfter)
 	if child.TasksetPath != "" && s.proxyCPU >= 0 {
 		p("- pinning (taskset): godwit on CPU %d (GOMAXPROCS follows: 1); the bench (the waiters) and the test app on CPU %d, alone or started by godwit (the machine's command is `taskset -c %d testapp`, so taskset's exec is in both times)\n", s.proxyCPU, s.loadCPU, s.loadCPU)
 	} else {
 		p("- pinning: none (taskset missing or turned off)\n")
 	}
-	p("- godwit: `%s run --config godwit.toml` (config below); %s; %d rounds, each: the app alone cold, the app alone resumed, godwit cold, godwit resumed\n", shortPath(info.godwit, info.root), goVersion(), s.n)
+	p("- godwit: `%s run --config godwit.toml` (config below); %s; %d rounds, each: the app alone cold, the app alone resumed, godwit cold, godwit resumed\n", shortPath(info.godwit, info.root), benchenv.GoVersion(), s.n)
 	p("- app alone, cold: exec `testapp -listen-delay %v` with PORT set, GET / on a new connection every 0.5 ms until 200; exec to answer\n", s.listenDelay)
 	p("- app alone, resume: a running app is SIGSTOPped (until /proc shows it stopped), %v later SIGCONT and one GET / on a new connection; SIGCONT to answer\n", s.settle)
 	p("- godwit, machine running: the same %d requests through godwit to the started machine, first answer (the burst's own cost through godwit, no wake)\n", s.waiters)
@@ -107,18 +95,18 @@ func report(s settings, r results, info reportInfo) string {
 	p("|---|---|---|---|---|---|---|---|\n")
 	for _, k := range []kindStats{cold, resume} {
 		p("| %s | %s / %s | %s / %s | %s / %s | **%s / %s** | %s / %s | %d | %d / %d |\n", k.kind,
-			msf(pct(k.base, 50)), msf(pct(k.base, 99)),
-			msf(pct(k.first, 50)), msf(pct(k.first, 99)),
-			msf(pct(k.last, 50)), msf(pct(k.last, 99)),
-			msf(pct(k.over, 50)), msf(pct(k.over, 99)),
-			msf(pct(k.woke, 50)), msf(pct(k.woke, 99)),
+			msf(summary.Quantile(k.base, 0.5)), msf(summary.Quantile(k.base, 0.99)),
+			msf(summary.Quantile(k.first, 0.5)), msf(summary.Quantile(k.first, 0.99)),
+			msf(summary.Quantile(k.last, 0.5)), msf(summary.Quantile(k.last, 0.99)),
+			msf(summary.Quantile(k.over, 0.5)), msf(summary.Quantile(k.over, 0.99)),
+			msf(summary.Quantile(k.woke, 0.5)), msf(summary.Quantile(k.woke, 0.99)),
 			k.waited, k.failed, k.sent)
 	}
-	p("\ngodwit with the machine running, the same burst: first answer p50 %s, p99 %s ms.\n", msf(pct(r.warm, 50)), msf(pct(r.warm, 99)))
+	p("\ngodwit with the machine running, the same burst: first answer p50 %s, p99 %s ms.\n", msf(summary.Quantile(r.warm, 0.5)), msf(summary.Quantile(r.warm, 0.99)))
 	p("\n## Goal check\n\n")
 	for _, k := range []kindStats{cold, resume} {
 		goal := goals[k.kind]
-		o50, o99 := pct(k.over, 50), pct(k.over, 99)
+		o50, o99 := summary.Quantile(k.over, 0.5), summary.Quantile(k.over, 0.99)
 		verdict := "**met**"
 		switch {
 		case o50 >= goal:
@@ -164,63 +152,6 @@ func ordinal(k int) string {
 		return "3rd largest"
 	}
 	return fmt.Sprintf("%dth largest", k)
-}
-
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return runtime.GOARCH
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return runtime.GOARCH
-}
-
-// cpuCount is the machine's CPUs (runtime.NumCPU follows the bench's own
-// affinity).
-func cpuCount() int {
-	if out, err := exec.Command("nproc", "--all").Output(); err == nil {
-		var n int
-		if _, err := fmt.Sscan(string(out), &n); err == nil {
-			return n
-		}
-	}
-	return runtime.NumCPU()
-}
-
-func kernel() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
-		return "?"
-	}
-	return strings.TrimSpace(string(b))
-}
-
-func goVersion() string {
-	out, err := exec.Command("go", "env", "GOVERSION").Output()
-	if err != nil {
-		return runtime.Version()
-	}
-	return strings.TrimSpace(string(out))
-}
-
-func commit(root string) string {
-	c := exec.Command("git", "rev-parse", "--short", "HEAD")
-	c.Dir = root
-	out, err := c.Output()
-	if err != nil {
-		return "?"
-	}
-	h := strings.TrimSpace(string(out))
-	c = exec.Command("git", "status", "--porcelain", "--untracked-files=no")
-	c.Dir = root
-	if st, err := c.Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
-		h += " (with uncommitted changes)"
-	}
-	return h
 }
 
 func shortPath(p, root string) string {

@@ -1,6 +1,11 @@
 // Package child runs the benchmarks' child processes (godwit, machines,
 // load generators): pinned to a core when asked, killed with the bench
-// whatever way it exits.
+// whatever way it exits. A long-running child is a Proc: its output goes to
+// a log that its errors quote, and its readiness and its end can be waited
+// for.
+//
+// It does not know what a child is for: reading godwit's log lines, or
+// deciding when a child is ready, is its callers' business.
 package child
 
 import (
@@ -70,8 +75,8 @@ var TasksetPath = func() string {
 	return p
 }()
 
-// Tail returns the last n lines of a file.
-func Tail(path string, n int) string {
+// tail returns the last n lines of a file, for an error.
+func tail(path string, n int) string {
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {
