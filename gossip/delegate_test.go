@@ -299,6 +299,14 @@ func TestMemberlistLogLevels(t *testing.T) {
 	if got := strings.Count(buf.String(), "level=WARN"); got != memberlistLogWarnBurst {
 		t.Errorf("%d warnings logged of %d, want the burst of %d", got, 3*memberlistLogWarnBurst, memberlistLogWarnBurst)
 	}
+
+	// memberlist racing its own shutdown is not worth a warning.
+	var quiet syncBuffer
+	l = newMemberlistLogger(slogTo(&quiet))
+	l.Printf("[ERR] memberlist: Failed to send gossip to 127.0.0.1:7946: write udp 127.0.0.1:7946->127.0.0.1:7947: use of closed network connection")
+	if strings.Contains(quiet.String(), "level=WARN") {
+		t.Errorf("a send on a closed socket at shutdown logged a warning: %s", quiet.String())
+	}
 }
 
 // TestChangesSignal: Changes fires on a remote update and on membership.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 )
@@ -36,6 +37,10 @@ type memberlistLogWriter struct {
 
 func (w *memberlistLogWriter) Write(p []byte) (int, error) {
 	level, msg := parseMemberlistLine(p)
+	if level > slog.LevelDebug && strings.Contains(msg, "use of closed network connection") {
+		// memberlist's goroutines racing its own shutdown: nothing failed.
+		level = slog.LevelDebug
+	}
 	if level > slog.LevelDebug && !w.allow(time.Now()) {
 		level = slog.LevelDebug
 	}

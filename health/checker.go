@@ -24,6 +24,11 @@ type Target struct {
 	Checks    []config.Check // HTTP checks
 	TCPChecks []config.Check // TCP checks; only GracePeriod, Interval and Timeout apply
 	Started   time.Time      // when the machine started; grace periods count from here (zero: long ago)
+	// Running, if set, reports whether the machine runs now. A check is
+	// skipped (not recorded, not logged) while it does not: a machine
+	// stopped on purpose is not failing (Fly does not check it either),
+	// and its start is its readiness check.
+	Running func() bool
 }
 
 // ReportFunc is called on every transition of a machine between passing and
@@ -281,6 +286,10 @@ func (c *Checker) check(ctx context.Context, m *machine, r *run, t Target, idx i
 		case <-timer.C:
 		}
 		begin := time.Now()
+		if t.Running != nil && !t.Running() {
+			timer.Reset(p.interval)
+			continue
+		}
 		err := p.attempt(ctx)
 		if ctx.Err() != nil {
 			return // stopped mid-attempt: not a result

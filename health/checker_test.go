@@ -903,3 +903,35 @@ func TestConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+// TestNotRunningSkipped: while a target's Running says the machine does
+// not run (stopped on purpose), its checks are not made, recorded or
+// reported; once it runs, they are.
+func TestNotRunningSkipped(t *testing.T) {
+	var hitCount atomic.Int64
+	addr := newServer(t, func(w http.ResponseWriter, r *http.Request, _ <-chan struct{}) {
+		hitCount.Add(1)
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	h := newHarness(t)
+	var running atomic.Bool
+	var asked atomic.Int64
+	tg := target("m1", addr, check("/healthz", 5*time.Millisecond))
+	tg.Running = func() bool { asked.Add(1); return running.Load() }
+	h.start(tg)
+	deadline := time.Now().Add(waitFor)
+	for asked.Load() < 3 { // three check times have passed
+		if time.Now().After(deadline) {
+			t.Fatal("Running was not asked at the check times")
+		}
+		time.Sleep(time.Millisecond) // poll interval
+	}
+	if n := hitCount.Load(); n != 0 {
+		t.Errorf("a stopped machine got %d check requests, want none", n)
+	}
+	if got := h.count("web", "http", "fail"); got != 0 {
+		t.Errorf("checks_total{web,http,fail} = %v while stopped; want 0", got)
+	}
+	running.Store(true)
+	h.expect("m1", false) // now checked, and failing
+}

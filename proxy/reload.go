@@ -172,7 +172,7 @@ func (s *Server) Reload(next *config.Config) (*ReloadReport, error) {
 		}
 	}
 	s.handler.wakes.Update(specs, appPolicies(next.Apps))
-	s.health.Set(healthTargetsSince(next, s.reload.started, time.Now()))
+	s.health.Set(healthTargetsSince(next, s.reload.started, time.Now(), s.machineRunning))
 	s.handler.dropStalePools(s.table)
 	s.adminToken.Store(&token)
 
@@ -290,7 +290,10 @@ func (h *Handler) dropStalePools(t *routing.Table) {
 // started remembers when each machine was first listed, so that a reload
 // leaves the grace period of a machine it did not change where it was; it
 // is updated in place.
-func healthTargetsSince(cfg *config.Config, started map[string]time.Time, now time.Time) []health.Target {
+//
+// running reports whether a machine runs now: checks skip one that does
+// not (health.Target.Running).
+func healthTargetsSince(cfg *config.Config, started map[string]time.Time, now time.Time, running func(id string) bool) []health.Target {
 	apps := make(map[string]config.App, len(cfg.Apps))
 	for _, a := range cfg.Apps {
 		apps[a.Name] = a
@@ -309,6 +312,7 @@ func healthTargetsSince(cfg *config.Config, started map[string]time.Time, now ti
 			MachineID: m.ID, App: m.App, Addr: m.Address,
 			Checks: a.HTTPService.Checks, TCPChecks: a.HTTPService.TCPChecks,
 			Started: since,
+			Running: func() bool { return running(m.ID) },
 		})
 	}
 	for id := range started {
@@ -335,4 +339,11 @@ func readAdminToken(path string) (string, error) {
 		return "", fmt.Errorf("admin.token_file %s is empty", path)
 	}
 	return tok, nil
+}
+
+// machineRunning reports whether machine id of this node runs: started
+// (a machine whose state is not known here is taken to run).
+func (s *Server) machineRunning(id string) bool {
+	m := s.table.Machine(id)
+	return m == nil || m.Remote() || m.State() == routing.StateStarted
 }

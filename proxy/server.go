@@ -105,7 +105,7 @@ func New(cfg *config.Config, log *slog.Logger, reg *prometheus.Registry) (*Serve
 	}
 	s.reload.cur = cfg
 	s.reload.started = make(map[string]time.Time)
-	s.health.Set(healthTargetsSince(cfg, s.reload.started, time.Now()))
+	s.health.Set(healthTargetsSince(cfg, s.reload.started, time.Now(), s.machineRunning))
 	token, err := readAdminToken(cfg.Admin.TokenFile)
 	if err != nil {
 		drivers.Close()
