@@ -29,7 +29,10 @@ const usage = `godwit — a global edge reverse proxy
 Usage:
   godwit run --config FILE      run one edge node until SIGINT/SIGTERM (graceful drain);
                                 SIGHUP reloads the config file
-  godwit demo [flags]           run a local demo edge with sample machines
+  godwit demo [flags]           run a local fleet (3 regions) with sample apps and machines
+  godwit status [--admin URL]   show the fleet's members and machines as one edge sees them
+  godwit load [flags] URL       send load; report replayed and direct latency, replay overhead,
+                                errors; --fail-on thresholds (see 'godwit load --help')
   godwit config check FILE      validate a config file; print every error with its line
   godwit keygen                 print a new gossip key (base64 of 32 random bytes) for gossip.secret_key_file
   godwit version                print the version
@@ -64,6 +67,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdRun(ctx, args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, args[1:], stdout, stderr)
+	case "demo-machine": // hidden: a machine of `godwit demo`, run by its exec driver
+		return cmdDemoMachine(ctx, args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(ctx, args[1:], stdout, stderr)
+	case "load":
+		return cmdLoad(ctx, args[1:], stdout, stderr)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			fmt.Fprintln(stderr, "usage: godwit config check FILE")

@@ -3,8 +3,6 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -12,9 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,11 +29,8 @@ func TestRollingRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs a fleet of child processes")
 	}
-	bin := filepath.Join(t.TempDir(), "godwit")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	machines := map[string]*httptest.Server{}
+	bin := buildGodwit(t)
+	machines := map[string]string{} // id → address
 	for _, id := range []string{"m-cdg", "m-nrt"} {
 		m := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.Copy(io.Discard, r.Body)
@@ -48,69 +40,23 @@ func TestRollingRestart(t *testing.T) {
 			io.WriteString(w, id)
 		}))
 		defer m.Close()
-		machines[id] = m
+		machines[id] = m.Listener.Addr().String()
 	}
 
-	subnet := fmt.Sprintf("127.%d.%d.", 1+randN(t, 254), 1+randN(t, 254))
-	type spec struct{ name, region, ip, machine string }
-	specs := []spec{
+	subnet := loopbackSubnet(t)
+	specs := []fleetEdge{
 		{"edge-iad", "iad", subnet + "11", ""},
 		{"edge-cdg", "cdg", subnet + "12", "m-cdg"},
 		{"edge-nrt", "nrt", subnet + "13", "m-nrt"},
 	}
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "gossip.key")
-	key := make([]byte, 32)
-	rand.Read(key)
-	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfgs := map[string]string{}
-	for _, s := range specs {
-		var join []string
-		for _, o := range specs {
-			if o.name != s.name {
-				join = append(join, fmt.Sprintf("%q", o.ip+":7946"))
-			}
-		}
-		// Fixed ports on the edge's own address: clients keep sending to
+	cfgs := writeFleetConfigs(t, fleetConfig{
+		edges:    specs,
+		machines: machines,
+		// A fixed port on the edge's own address: clients keep sending to
 		// the same address across its restart, as behind a load balancer.
-		cfg := fmt.Sprintf(`
-[node]
-name   = %q
-region = %q
-
-[listen]
-http  = "%[3]s:8080"
-admin = "%[3]s:0"
-
-[log]
-format = "json"
-access = false
-
-[proxy]
-drain_timeout = "10s"
-
-[gossip]
-bind = "%[3]s:7946"
-join = [%[4]s]
-secret_key_file = %[5]q
-
-[backhaul]
-listen = "%[3]s:4433"
-
-[[app]]
-name  = "web"
-hosts = ["web.test"]
-`, s.name, s.region, s.ip, strings.Join(join, ", "), keyFile)
-		if s.machine != "" {
-			cfg += fmt.Sprintf("\n[[machine]]\nid = %q\napp = \"web\"\naddress = %q\n", s.machine, machines[s.machine].Listener.Addr().String())
-		}
-		cfgs[s.name] = filepath.Join(dir, s.name+".toml")
-		if err := os.WriteFile(cfgs[s.name], []byte(cfg), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+		httpPort: 8080,
+		extra:    "[proxy]\ndrain_timeout = \"10s\"\n",
+	})
 	edges := map[string]*childEdge{}
 	for _, s := range specs {
 		edges[s.name] = startChildEdge(t, bin, s.name, cfgs[s.name])
@@ -127,7 +73,7 @@ hosts = ["web.test"]
 		}
 		return true
 	}
-	waitFor(t, 30*time.Second, "every edge routing to m-cdg and m-nrt", ready, edges)
+	waitForEdges(t, 30*time.Second, "every edge routing to m-cdg and m-nrt", ready, edges)
 
 	// The load: clients each send to the edges in turn, one request at a
 	// time, on kept-alive connections.
@@ -191,7 +137,7 @@ hosts = ["web.test"]
 	// Steady load for a moment, then each edge in turn.
 	waitLoad := func(n int64) {
 		target := ok.Load() + n
-		waitFor(t, 30*time.Second, fmt.Sprintf("%d more answered requests", n), func() bool { return ok.Load() >= target }, edges)
+		waitForEdges(t, 30*time.Second, fmt.Sprintf("%d more answered requests", n), func() bool { return ok.Load() >= target }, edges)
 	}
 	waitLoad(300)
 	for _, s := range specs {
@@ -210,7 +156,7 @@ hosts = ["web.test"]
 		}
 		t.Logf("%s drained and exited in %v", s.name, time.Since(began).Round(time.Millisecond))
 		edges[s.name] = startChildEdge(t, bin, s.name, cfgs[s.name])
-		waitFor(t, 30*time.Second, "every edge routing to m-cdg and m-nrt after "+s.name+"'s restart", ready, edges)
+		waitForEdges(t, 30*time.Second, "every edge routing to m-cdg and m-nrt after "+s.name+"'s restart", ready, edges)
 		waitLoad(300)
 	}
 	close(stop)

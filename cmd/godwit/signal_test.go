@@ -1,17 +1,15 @@
+//go:build linux
+
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,10 +21,7 @@ func TestSIGTERMDrains(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "godwit")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildGodwit(t)
 
 	arrived := make(chan struct{}, 1)
 	release := make(chan struct{})
@@ -45,47 +40,9 @@ func TestSIGTERMDrains(t *testing.T) {
 	}()
 
 	cfgPath := filepath.Join(t.TempDir(), "godwit.toml")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
-[listen]
-http  = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[log]
-format = "json"
-[[app]]
-name  = "web"
-hosts = ["web.test"]
-[[machine]]
-id      = "m1"
-app     = "web"
-address = %q
-`, machine.Listener.Addr().String())), 0o644)
-
-	cmd := exec.Command(bin, "run", "--config", cfgPath)
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	// The log's first line names the bound addresses; the rest is drained
-	// so the child never blocks on a full pipe.
-	addrs := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var rec map[string]any
-			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec["msg"] == "godwit edge running" {
-				addrs <- fmt.Sprint(rec["http"])
-			}
-		}
-		exited <- cmd.Wait()
-	}()
-	var addr string
-	select {
-	case addr = <-addrs:
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("no 'godwit edge running' log line within 30s")
-	}
+	os.WriteFile(cfgPath, []byte(edgeConfig(machine.Listener.Addr().String())), 0o644)
+	e := startChildEdge(t, bin, "godwit", cfgPath)
+	addr := e.http
 
 	type result struct {
 		status int
@@ -110,7 +67,7 @@ address = %q
 	case <-time.After(30 * time.Second):
 		t.Fatal("request did not reach the machine within 30s")
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := e.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// New connections are refused once the drain began; poll until so.
@@ -136,12 +93,11 @@ address = %q
 		t.Fatal("in-flight request did not finish within 30s")
 	}
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: got %v, want status 0", err)
+	case <-e.done:
+		if e.waitErr != nil {
+			t.Errorf("exit after SIGTERM: got %v, want status 0", e.waitErr)
 		}
 	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
 		t.Fatal("process did not exit within 30s of SIGTERM")
 	}
 }
@@ -153,62 +109,18 @@ func TestSIGHUPReloads(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "godwit")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildGodwit(t)
 	machine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "machine of "+r.Host)
 	}))
 	defer machine.Close()
 	cfgPath := filepath.Join(t.TempDir(), "godwit.toml")
-	base := fmt.Sprintf(`
-[listen]
-http  = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-[log]
-format = "json"
-[[app]]
-name  = "web"
-hosts = ["web.test"]
-[[machine]]
-id      = "m1"
-app     = "web"
-address = %q
-`, machine.Listener.Addr().String())
+	base := edgeConfig(machine.Listener.Addr().String())
 	if err := os.WriteFile(cfgPath, []byte(base), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "run", "--config", cfgPath)
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
-	addrs := make(chan string, 1)
-	var logMu sync.Mutex
-	var log strings.Builder
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			logMu.Lock()
-			log.WriteString(sc.Text() + "\n")
-			logMu.Unlock()
-			var rec map[string]any
-			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec["msg"] == "godwit edge running" {
-				addrs <- fmt.Sprint(rec["http"])
-			}
-		}
-	}()
-	var addr string
-	select {
-	case addr = <-addrs:
-	case <-time.After(30 * time.Second):
-		t.Fatal("no 'godwit edge running' log line within 30s")
-	}
+	e := startChildEdge(t, bin, "godwit", cfgPath)
+	addr := e.http
 	get := func(host string) (int, string) {
 		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
 		req.Host = host
@@ -220,11 +132,7 @@ address = %q
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	logText := func() string {
-		logMu.Lock()
-		defer logMu.Unlock()
-		return log.String()
-	}
+	logText := e.log.String
 	logged := func(s string) bool { return strings.Contains(logText(), s) }
 	if code, _ := get("api.test"); code != http.StatusNotFound {
 		t.Fatalf("api.test before the reload: %d, want 404 (no such app yet)", code)
@@ -240,7 +148,7 @@ app     = "api"
 address = "` + machine.Listener.Addr().String() + `"
 `
 	os.WriteFile(cfgPath, []byte(withAPI), 0o644)
-	cmd.Process.Signal(syscall.SIGHUP)
+	e.cmd.Process.Signal(syscall.SIGHUP)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		code, body := get("api.test")
@@ -256,7 +164,7 @@ address = "` + machine.Listener.Addr().String() + `"
 	typo := withAPI + "\n[proxy]\nconect_timeout = \"1s\"\n"
 	os.WriteFile(cfgPath, []byte(typo), 0o644)
 	line := strings.Count(typo, "\n")
-	cmd.Process.Signal(syscall.SIGHUP)
+	e.cmd.Process.Signal(syscall.SIGHUP)
 	deadline = time.Now().Add(10 * time.Second)
 	for !logged("reload refused") {
 		if time.Now().After(deadline) {
@@ -270,4 +178,24 @@ address = "` + machine.Listener.Addr().String() + `"
 	if code, body := get("api.test"); code != 200 || body != "machine of api.test" {
 		t.Errorf("after the refused reload: %d %q, want the running config still serving api.test", code, body)
 	}
+}
+
+// edgeConfig is the config of a lone edge on loopback ports of the
+// kernel's choosing, logging JSON, with app web (host web.test) on machine
+// m1 at address.
+func edgeConfig(address string) string {
+	return fmt.Sprintf(`
+[listen]
+http  = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[log]
+format = "json"
+[[app]]
+name  = "web"
+hosts = ["web.test"]
+[[machine]]
+id      = "m1"
+app     = "web"
+address = %q
+`, address)
 }
