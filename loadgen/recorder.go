@@ -31,6 +31,7 @@ type Recorder struct {
 	all         []time.Duration
 	byClass     [3][]time.Duration // indexed by Class
 	replayPhase []time.Duration
+	netOfRTT    []time.Duration // replayed latency minus the Server-Timing rtt phase, when it has one
 	status      map[int]int
 	proxyErrs   map[string]int
 	transport   map[string]int
@@ -106,6 +107,9 @@ func (r *Recorder) Add(res *vegeta.Result) Outcome {
 	r.byClass[c] = append(r.byClass[c], res.Latency)
 	if c == Replayed {
 		r.replayPhase = append(r.replayPhase, replay)
+		if rtt, ok := ServerTimingPhase(res.Headers, "rtt"); ok {
+			r.netOfRTT = append(r.netOfRTT, res.Latency-rtt)
+		}
 	}
 	r.live.Add(res.Latency)
 	return out
@@ -209,6 +213,10 @@ func (r *Recorder) Report(s Settings) *Report {
 	if rep.Groups.Replayed.Latency != nil && rep.Groups.Direct.Latency != nil {
 		o := rep.Groups.Replayed.Latency.Minus(*rep.Groups.Direct.Latency)
 		rep.Replay.Overhead = &o
+		if net, ok := Summarize(r.netOfRTT); ok {
+			b := net.Minus(*rep.Groups.Direct.Latency)
+			rep.Replay.BeyondRTT = &b
+		}
 	}
 	return rep
 }

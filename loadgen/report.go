@@ -100,6 +100,12 @@ type ReplayStats struct {
 	// of one minus the p99 of the other). Null unless both groups have
 	// responses.
 	Overhead *Latency `json:"overhead_ms"`
+	// BeyondRTT is, where the edges simulate distance
+	// (backhaul.simulated_rtt, whose wait Server-Timing reports as rtt),
+	// the replayed responses' latency minus that wait, minus direct,
+	// statistic by statistic: what a replay costs beyond the distance.
+	// Null without such responses or without direct ones.
+	BeyondRTT *Latency `json:"beyond_rtt_ms"`
 }
 
 // TransportErrors are requests that got no response.
@@ -189,6 +195,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	row("all", r.Groups.All)
 	fmt.Fprintf(&b, "%-*s %7s %6s %s\n", nameW, "overhead (replayed - direct)", "", "", stats(r.Replay.Overhead))
+	if r.Replay.BeyondRTT != nil {
+		fmt.Fprintf(&b, "%-*s %7s %6s %s\n", nameW, "beyond the simulated RTT", "", "", stats(r.Replay.BeyondRTT))
+	}
 	fmt.Fprintf(&b, "%-*s %7s %6s %s\n", nameW, "replay phase (Server-Timing)", "", "", stats(r.Replay.Phase))
 	if r.Responses > 0 && r.Groups.Unclassified.Count == r.Responses && len(r.ProxyErrors) == 0 {
 		b.WriteString("no response had godwit's Server-Timing: is the URL a godwit edge?\n")

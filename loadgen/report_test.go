@@ -246,3 +246,47 @@ func TestJudge(t *testing.T) {
 		}
 	}
 }
+
+// TestReportBeyondRTT: replayed responses whose Server-Timing has the
+// simulated RTT the edge waited (rtt) are measured without it: replayed
+// minus rtt minus direct, statistic by statistic; and beyondrtt_ thresholds
+// read it.
+func TestReportBeyondRTT(t *testing.T) {
+	ms := time.Millisecond
+	withRTT := func(replayMs, rttMs string) http.Header {
+		h := timing(replayMs)
+		h.Set("Server-Timing", h.Get("Server-Timing")+", rtt;dur="+rttMs)
+		return h
+	}
+	rec := NewRecorder()
+	for _, r := range []*vegeta.Result{
+		result(0, 0, 2*ms, 200, timing("0.000"), ""),
+		result(1, 10*ms, 2*ms, 200, timing("0.000"), ""),
+		result(2, 20*ms, 83*ms, 201, withRTT("0.300", "80.000"), ""),
+		result(3, 30*ms, 85*ms, 201, withRTT("0.300", "81.000"), ""), // a late timer: 1 ms more RTT
+	} {
+		rec.Add(r)
+	}
+	rep := rec.Report(Settings{})
+	if rep.Replay.BeyondRTT == nil {
+		t.Fatal("no beyond_rtt_ms with rtt phases in the replayed answers")
+	}
+	// replayed minus rtt: 3 ms and 4 ms; direct: 2 ms.
+	if got := rep.Replay.BeyondRTT.P50; got != 1*ms {
+		t.Errorf("beyond the RTT p50: %v, want 1ms", got)
+	}
+	if got := rep.Replay.BeyondRTT.Max; got != 2*ms {
+		t.Errorf("beyond the RTT max: %v, want 2ms", got)
+	}
+	th, err := ParseThreshold("beyondrtt_p99<1500us")
+	if err != nil {
+		t.Fatal(err)
+	}
+	CheckAll(rep, []Threshold{th})
+	if failed := rep.Failed(); len(failed) != 1 {
+		t.Errorf("beyondrtt_p99<1500us with a p99 of 2ms: %d failed, want 1", len(failed))
+	}
+	if sampleReport().Replay.BeyondRTT != nil {
+		t.Error("beyond_rtt_ms without any rtt phase: want null")
+	}
+}

@@ -14,6 +14,7 @@ const ThresholdSyntax = `METRIC OP VALUE, OP one of < <= > >=:
   replayed_STAT  direct_STAT       latency of the replayed or the direct responses (STAT as above)
   replay_STAT                      the replay phase of Server-Timing, over the replayed responses
   overhead_STAT                    replayed minus direct, at that statistic
+  beyondrtt_STAT                   replayed minus the simulated RTT (Server-Timing rtt) minus direct
   errors transport_errors proxy_errors   a count (10) or a share of the requests (1%)
   replayed direct unclassified     a count, or a share of the responses
   requests responses               a count
@@ -28,7 +29,7 @@ type Threshold struct {
 	Op     string // "<", "<=", ">", ">="
 
 	kind    metricKind
-	source  string // for latency: "all", "replayed", "direct", "replay", "overhead"
+	source  string // for latency: "all", "replayed", "direct", "replay", "overhead", "beyondrtt"
 	stat    string // for latency: "p99" …
 	dur     time.Duration
 	num     float64 // count, percentage or rate
@@ -96,7 +97,7 @@ func ParseThreshold(expr string) (Threshold, error) {
 		}
 		_, known := (Latency{}).Stat(t.stat)
 		switch t.source {
-		case "replayed", "direct", "replay", "overhead":
+		case "replayed", "direct", "replay", "overhead", "beyondrtt":
 			if !known {
 				return fail("unknown statistic %q in %q; want one of p50 p90 p99 p99.9 max mean min", t.stat, t.Metric)
 			}
@@ -106,7 +107,7 @@ func ParseThreshold(expr string) (Threshold, error) {
 			}
 			fallthrough
 		default:
-			return fail("unknown metric %q; want one of p50 p90 p99 p99.9 max mean min (alone or after replayed_, direct_, replay_ or overhead_), errors, transport_errors, proxy_errors, replayed, direct, unclassified, requests, responses, rps", t.Metric)
+			return fail("unknown metric %q; want one of p50 p90 p99 p99.9 max mean min (alone or after replayed_, direct_, replay_, overhead_ or beyondrtt_), errors, transport_errors, proxy_errors, replayed, direct, unclassified, requests, responses, rps", t.Metric)
 		}
 	}
 	switch t.kind {
@@ -201,6 +202,11 @@ func (t Threshold) latency(r *Report) (*Latency, string) {
 			return nil, "no direct responses"
 		}
 		return r.Replay.Overhead, ""
+	case "beyondrtt":
+		if r.Replay.BeyondRTT == nil {
+			return nil, "no replayed response with a simulated RTT (Server-Timing rtt), or no direct responses"
+		}
+		return r.Replay.BeyondRTT, ""
 	}
 	return r.Groups.All.Latency, "no responses"
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/godwit/godwit/backhaul"
 	"github.com/godwit/godwit/replay"
 	"github.com/godwit/godwit/routing"
 )
@@ -264,6 +265,9 @@ func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exch
 		}
 		(*hop).end()
 		x.markUpStart()
+		if h.simulatedRTT {
+			req = req.WithContext(backhaul.WithDelayRecord(req.Context(), &x.simulated))
+		}
 		resp, err := h.fleet.RoundTrip(req, m.Owner)
 		if stream != nil {
 			if err != nil {

@@ -47,6 +47,9 @@ type Handler struct {
 	pools      sync.Map           // *routing.Machine → *upstream
 	tunnels    tunnels            // hijacked upgraded connections, closed on shutdown
 	draining   atomic.Bool
+	// simulatedRTT: backhaul.simulated_rtt is set, so each request's
+	// simulated wait is recorded for Server-Timing's rtt phase.
+	simulatedRTT bool
 	// warmup, set while the node is in a fleet, waits (bounded) for a node
 	// that has just started to join it, and reports whether it waited and
 	// is now joined (fleet.warmup).
@@ -97,6 +100,7 @@ type exchange struct {
 	bytesOut    int64
 	queued      time.Duration
 	woke        time.Duration // waiting for machines to wake
+	simulated   time.Duration // backhaul.simulated_rtt waited (part of upstream)
 	wokeMachine string        // the machine last woken for the request
 	wakeRemote  bool          // the picked machine is another edge's, stopped: its owner may wake it
 	err         error
@@ -440,7 +444,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	if x.replays > 0 {
 		h.metrics.replayDuration.WithLabelValues(x.app.Name).Observe(replayDur.Seconds())
 	}
-	timing := serverTiming(x.routeDur, x.queued, x.woke, replayDur, upDone.Sub(upStart))
+	timing := serverTiming(x.routeDur, x.queued, x.woke, replayDur, upDone.Sub(upStart), x.simulated)
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		h.switchProtocols(w, r, x, fi, c, resp, bodyDone, unwatch)
 		return
@@ -740,7 +744,7 @@ func appendVia(prior []string, ours string) []string {
 // the time from the first machine's attempt to the last one's (the
 // machines that answered fly-replay, and any queue wait for the next);
 // upstream the last machine's time to its response head.
-func serverTiming(route, queue, wake, replay, upstream time.Duration) string {
+func serverTiming(route, queue, wake, replay, upstream, simulated time.Duration) string {
 	var buf [160]byte
 	b := append(buf[:0], "route;dur="...)
 	b = strconv.AppendFloat(b, float64(route)/1e6, 'f', 3, 64)
@@ -754,6 +758,13 @@ func serverTiming(route, queue, wake, replay, upstream time.Duration) string {
 	b = strconv.AppendFloat(b, float64(replay)/1e6, 'f', 3, 64)
 	b = append(b, ", upstream;dur="...)
 	b = strconv.AppendFloat(b, float64(upstream)/1e6, 'f', 3, 64)
+	if simulated > 0 {
+		// Only with backhaul.simulated_rtt (demos, tests): the distance
+		// the edge waited on purpose, inside upstream, so that load tools
+		// can tell it from what the proxy costs (godwit load does).
+		b = append(b, ", rtt;dur="...)
+		b = strconv.AppendFloat(b, float64(simulated)/1e6, 'f', 3, 64)
+	}
 	return string(b)
 }
 

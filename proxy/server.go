@@ -218,6 +218,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		s.handler.fleet = f
 		s.handler.warmup = f.warmup
+		s.handler.simulatedRTT = len(s.cfg.Backhaul.SimulatedRTT) > 0
 		g.Go(func() error { return f.run(fleetCtx) })
 		s.log.Info("fleet joined", "gossip", f.node.Addr(), "backhaul", f.backhaulAddr(), "protocol", s.cfg.Backhaul.Protocol)
 	}

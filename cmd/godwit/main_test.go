@@ -219,6 +219,11 @@ func TestDemoCurlLinesWork(t *testing.T) {
 			if want := rtt[edge+"-"+primary]; want == 0 || up < want || timingPhase(res.header.Get("Server-Timing"), "replay") < 0 {
 				t.Errorf("%s\nServer-Timing %q: want a replay entry and upstream of at least the simulated %s-%s RTT %v", line, res.header.Get("Server-Timing"), edge, primary, want)
 			}
+			// The edge says how long it waited on purpose (rtt), within
+			// upstream, so that load tools can take it out.
+			if sim, want := timingPhase(res.header.Get("Server-Timing"), "rtt"), rtt[edge+"-"+primary]; sim < want || sim > up {
+				t.Errorf("%s\nServer-Timing %q: want an rtt phase of at least the simulated RTT %v and within upstream", line, res.header.Get("Server-Timing"), want)
+			}
 		case strings.Contains(line, "todo.localhost"):
 			kinds["read"] = true
 			if edge == "" || !strings.HasPrefix(res.body, fmt.Sprintf("todo machine todo-%[1]s in region %[1]s read ", edge)) {
