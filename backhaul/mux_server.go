@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // muxServer is the mux side of a Server.
@@ -328,6 +330,15 @@ func decodeRequestHead(b []byte) (*http.Request, error) {
 	h := r.fields()
 	if err := r.done(); err != nil {
 		return nil, err
+	}
+	// A client checks both before it sends (validRequest): a peer that
+	// sends a method or Host a handler could not forward safely (CR LF,
+	// spaces) is broken or hostile.
+	if !validMethod(method) {
+		return nil, protocolError(fmt.Sprintf("malformed head: method %q", method))
+	}
+	if host != "" && !httpguts.ValidHostHeader(host) {
+		return nil, protocolError(fmt.Sprintf("malformed head: Host %q", host))
 	}
 	u, err := url.ParseRequestURI(uri)
 	if err != nil {

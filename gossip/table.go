@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"cmp"
+	"math"
 	"slices"
 	"time"
 )
@@ -115,11 +116,17 @@ func newTable(self string, ttl time.Duration) *table {
 	}
 }
 
-// tick returns a new version for one of this node's records.
+// tick returns a new version for one of this node's records. It never
+// wraps: a peer's copy of an own record claiming the highest version pins
+// the clock there rather than sending it back to 0 (which every peer would
+// refuse as stale).
 func (t *table) tick(now time.Time) uint64 {
 	v := uint64(max(now.UnixNano(), 0))
 	if v <= t.clock {
 		v = t.clock + 1
+		if v == 0 {
+			v = math.MaxUint64
+		}
 	}
 	t.clock = v
 	return v
