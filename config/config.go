@@ -418,6 +418,8 @@ func (l *loader) proxy(r *reader, p *Proxy) {
 	r.duration("read_header_timeout", &p.ReadHeaderTimeout, true)
 	r.duration("idle_timeout", &p.IdleTimeout, true)
 	r.integer("max_header_bytes", &p.MaxHeaderBytes, 1024, 64<<20)
+	r.duration("body_read_timeout", &p.BodyReadTimeout, false)
+	r.duration("body_write_timeout", &p.BodyWriteTimeout, false)
 	r.duration("connect_timeout", &p.ConnectTimeout, true)
 	r.integer("connect_retries", &p.ConnectRetries, 0, 100)
 	r.duration("queue_timeout", &p.QueueTimeout, false)

@@ -67,6 +67,8 @@ xyz = "10.5, -20"
 read_header_timeout = "3s"
 idle_timeout = 60000
 max_header_bytes = 65536
+body_read_timeout = "20s"
+body_write_timeout = 0
 connect_timeout = "1500ms"
 connect_retries = 0
 queue_timeout = "0s"
@@ -202,6 +204,8 @@ func TestParseEveryKey(t *testing.T) {
 			ReadHeaderTimeout:   3 * time.Second,
 			IdleTimeout:         time.Minute,
 			MaxHeaderBytes:      65536,
+			BodyReadTimeout:     20 * time.Second,
+			BodyWriteTimeout:    0,
 			ConnectTimeout:      1500 * time.Millisecond,
 			ConnectRetries:      0,
 			QueueTimeout:        0,
@@ -332,6 +336,8 @@ func TestDefaults(t *testing.T) {
 			ReadHeaderTimeout:   10 * time.Second,
 			IdleTimeout:         120 * time.Second,
 			MaxHeaderBytes:      32 << 10,
+			BodyReadTimeout:     time.Minute,
+			BodyWriteTimeout:    time.Minute,
 			ConnectTimeout:      5 * time.Second,
 			ConnectRetries:      2,
 			QueueTimeout:        10 * time.Second,

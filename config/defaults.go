@@ -45,6 +45,8 @@ func defaults(hostname string) defaultSet {
 				ReadHeaderTimeout:   10 * time.Second,
 				IdleTimeout:         120 * time.Second,
 				MaxHeaderBytes:      32 << 10,
+				BodyReadTimeout:     60 * time.Second,
+				BodyWriteTimeout:    60 * time.Second,
 				ConnectTimeout:      5 * time.Second,
 				ConnectRetries:      2,
 				QueueTimeout:        10 * time.Second,

@@ -139,9 +139,18 @@ func RegionPair(a, b string) string {
 // Proxy holds the request-path limits and timeouts of the [proxy] table.
 // Each default is documented in README.md.
 type Proxy struct {
-	ReadHeaderTimeout   time.Duration // client must send all headers within this; default 10s
-	IdleTimeout         time.Duration // idle client keep-alive connections close after this; default 120s
-	MaxHeaderBytes      int           // request line plus headers; default 32 KiB, larger gets 431
+	ReadHeaderTimeout time.Duration // client must send all headers within this; default 10s
+	IdleTimeout       time.Duration // idle client keep-alive connections close after this; default 120s
+	MaxHeaderBytes    int           // request line plus headers; default 32 KiB, larger gets 431
+	// BodyReadTimeout is how long a request body may go without a byte
+	// arriving (each read renews it): a slower client's request ends,
+	// with 408 PL07 if its response has not started. It bounds slow
+	// uploads, not long ones. 0 means none; default 60s.
+	BodyReadTimeout time.Duration
+	// BodyWriteTimeout is how long one write to a client (at most 32 KiB
+	// of a response) may take: a client that stops reading is cut and
+	// the machine's connection released. 0 means none; default 60s.
+	BodyWriteTimeout    time.Duration
 	ConnectTimeout      time.Duration // dialing a machine; default 5s
 	ConnectRetries      int           // other machines tried after a connect failure; default 2
 	QueueTimeout        time.Duration // wait for a slot when every machine is at hard limit; default 10s

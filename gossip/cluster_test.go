@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/godwit/godwit/gossip/gossiptest"
 )
 
 // TestConvergence50 runs 50 nodes in memory: after updates from random
@@ -49,14 +51,14 @@ func TestConvergence50(t *testing.T) {
 // find each other by reconnecting, then push/pull repairs what was
 // missed).
 func TestPartitionHeals(t *testing.T) {
-	p := newPartition()
+	p := gossiptest.NewPartition()
 	_, nodes := memCluster(t, 10, p, func(i int, c *Config) {
 		c.Tune = quick
 		c.ReconnectInterval = 200 * time.Millisecond
 	})
 	left, right := nodes[:5], nodes[5:]
 	for i, n := range nodes {
-		p.assign(n.Addr(), i/5)
+		p.Assign(n.Addr(), i/5)
 	}
 	nodes[0].SetLocal([]Record{machine("before")})
 	eventually(t, 10*time.Second, "the update before the cut reaches every node", func() error {
@@ -68,7 +70,7 @@ func TestPartitionHeals(t *testing.T) {
 		return nil
 	})
 
-	p.set(true)
+	p.Set(true)
 	nodes[1].SetLocal([]Record{machine("left-side")})
 	nodes[6].SetLocal([]Record{machine("right-side")})
 	changed := machine("before")
@@ -113,7 +115,7 @@ func TestPartitionHeals(t *testing.T) {
 		return nil
 	})
 
-	p.set(false)
+	p.Set(false)
 	healed := time.Now()
 	waitMembers(t, nodes, 30*time.Second)
 	want := published(nodes)

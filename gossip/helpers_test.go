@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/godwit/godwit/gossip/gossiptest"
 )
 
 var debugLogs = flag.Bool("gossip.debug", false, "log the nodes' debug lines (memberlist's included) in tests")
@@ -113,7 +115,7 @@ func quick(mc *memberlist.Config) {
 
 // memCluster starts n nodes on a memNet (wrapped by p if not nil), named
 // node-00.., each joining node-00, and waits until all see all alive.
-func memCluster(t testing.TB, n int, p *partition, mod func(i int, c *Config)) (*memNet, []*Node) {
+func memCluster(t testing.TB, n int, p *gossiptest.Partition, mod func(i int, c *Config)) (*memNet, []*Node) {
 	t.Helper()
 	mn := newMemNet()
 	log := testLog(t)
@@ -122,7 +124,7 @@ func memCluster(t testing.TB, n int, p *partition, mod func(i int, c *Config)) (
 		tr := mn.transport()
 		var transport memberlist.Transport = tr
 		if p != nil {
-			transport = &faultTransport{NodeAwareTransport: tr, self: tr.addr, p: p}
+			transport = p.Wrap(tr, tr.addr)
 		}
 		cfg := Config{
 			Name:      fmt.Sprintf("node-%02d", i),

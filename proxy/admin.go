@@ -50,6 +50,11 @@ func (s *Server) adminHandler(gatherer prometheus.Gatherer) http.Handler {
 			w.Write([]byte("draining\n"))
 			return
 		}
+		if stuck := s.watch.stuck(); len(stuck) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("stuck: " + strings.Join(stuck, ", ") + "\n"))
+			return
+		}
 		w.Write([]byte("ok\n"))
 	})
 	// Profiles are as sensitive as the admin API itself, which binds to

@@ -69,6 +69,10 @@ type connLimiter struct {
 	now       func() time.Time         // the clock of the burst log
 	burstMu   sync.Mutex               // guards bursts
 	bursts    map[string]*refusalBurst // "" (node) or an app name
+
+	// writeTimeout bounds each write to a client connection
+	// (proxy.body_write_timeout; 0: none); see countedConn.Write.
+	writeTimeout time.Duration
 }
 
 // Scopes of connection limits, as the godwit_connection_rejections_total
@@ -300,10 +304,12 @@ func connSlotOf(c net.Conn) *connSlot {
 }
 
 // countedConn is a client connection that holds a node slot until it is
-// closed.
+// closed. Each write must complete within writeTimeout (0: none), see
+// Write (slowclient.go).
 type countedConn struct {
 	net.Conn
-	slot *connSlot
+	slot         *connSlot
+	writeTimeout time.Duration
 }
 
 func (c *countedConn) Close() error {
@@ -443,7 +449,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		if slot := l.lim.acquire(l.name); slot != nil {
-			return &countedConn{Conn: c, slot: slot}, nil
+			return &countedConn{Conn: c, slot: slot, writeTimeout: l.lim.writeTimeout}, nil
 		}
 		l.refuse(c)
 	}
@@ -560,6 +566,7 @@ func newNodeConnLimiter(cfg *config.Config, m *metrics, reg prometheus.Registere
 		}
 	}
 	l := newConnLimiter(limit, int64(cfg.Proxy.MaxConnectionsPerApp), from, listeners, m.connRefusals, log.With("component", "connlimit"))
+	l.writeTimeout = cfg.Proxy.BodyWriteTimeout
 	reg.MustRegister(&connCollector{lim: l})
 	log.Info("client connection limits", "max_connections", limit, "limit_from", from,
 		"max_connections_per_app", cfg.Proxy.MaxConnectionsPerApp, "open_files", nofile)

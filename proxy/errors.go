@@ -37,6 +37,13 @@ const (
 	// ambiguously: both Content-Length and Transfer-Encoding, a folded
 	// header line, or chunked framing net/http could not follow.
 	CodeAmbiguousFraming Code = "PX01"
+	// 400: the request is one the machine could read differently from
+	// the edge, which net/http lets through: a request-target that is
+	// not origin-form, absolute-form or OPTIONS * (a fragment, "*" with
+	// another method, authority-form outside CONNECT, an http URI with
+	// no host), or an HTTP/2 or HTTP/3 host field that differs from
+	// :authority.
+	CodeMalformedRequest Code = "PX02"
 	// 503: the edge is at proxy.max_connections; the connection is
 	// answered by its listener (the request never reaches the handler)
 	// and closed.
@@ -45,6 +52,9 @@ const (
 	// the connection holds none of its slots; the connection is closed
 	// after the answer.
 	CodeAppConnLimit Code = "PL06"
+	// 408: the client sent none of its request body for
+	// proxy.body_read_timeout; the request to the machine was ended.
+	CodeBodyReadTimeout Code = "PL07"
 )
 
 var codeStatus = map[Code]int{
@@ -70,8 +80,10 @@ var codeStatus = map[Code]int{
 	CodeWakeCanceled:        http.StatusServiceUnavailable,
 	CodeWakeBusy:            http.StatusServiceUnavailable,
 	CodeAmbiguousFraming:    http.StatusBadRequest,
+	CodeMalformedRequest:    http.StatusBadRequest,
 	CodeNodeConnLimit:       http.StatusServiceUnavailable,
 	CodeAppConnLimit:        http.StatusServiceUnavailable,
+	CodeBodyReadTimeout:     http.StatusRequestTimeout,
 }
 
 // Status is the HTTP status a client gets for the code.

@@ -71,9 +71,18 @@ func (h *Handler) localExchange(w http.ResponseWriter, r *http.Request, x *excha
 		if bodyDone != nil {
 			stopBodyWrite(w, c, bodyDone)
 		}
+		if x.slowBody.timedOut() { // known once the body writer has ended
+			h.fail(w, x, CodeBodyReadTimeout, "", err) // fail says why
+			return nil, nil, nil, nil, stepAnswered
+		}
 		if ctx.Err() != nil {
 			x.err = ctx.Err()
 			x.status = 499 // client closed request (nginx's convention, logs only)
+			return nil, nil, nil, nil, stepAnswered
+		}
+		if c != nil && c.badBody { // known once the body writer has ended
+			w.Header().Set("Connection", "close")
+			h.fail(w, x, CodeAmbiguousFraming, "the request body's framing is invalid", err)
 			return nil, nil, nil, nil, stepAnswered
 		}
 		if h.markFailing != nil && isConnReset(err) {

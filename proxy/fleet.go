@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,6 +48,16 @@ type fleet struct {
 	publishEvery time.Duration
 
 	leaveOnce sync.Once
+
+	// watched is the watchdog's view of run: it beats every iteration
+	// (the publish tick keeps it turning when idle). Nil: not watched.
+	watched *watchedLoop
+	// syncHook, for tests only, is called at the start of every sync: a
+	// stuck consumer of gossip. Nil in production.
+	syncHook func()
+	// members are gossip's members by name as the last sync saw them,
+	// for the request path (RoundTrip), which takes no lock of gossip's.
+	members atomic.Pointer[map[string]gossip.Member]
 
 	requests *prometheus.CounterVec // by peer region
 	errs     *prometheus.CounterVec // by peer region and kind
@@ -95,8 +106,9 @@ func (f *fleet) warmup(ctx context.Context) bool {
 const pinWait = time.Second
 
 // newFleet starts gossip and binds the backhaul, from config. It returns
-// nil, nil when gossip is off (a single node).
-func newFleet(cfg *config.Config, table *routing.Table, h *Handler, log *slog.Logger, reg prometheus.Registerer) (*fleet, error) {
+// nil, nil when gossip is off (a single node). testGossip, if not nil (tests
+// only: Server.testGossip), may change gossip's config before it starts.
+func newFleet(cfg *config.Config, table *routing.Table, h *Handler, log *slog.Logger, reg prometheus.Registerer, testGossip func(*gossip.Config)) (*fleet, error) {
 	if cfg.Gossip.Bind == "" {
 		return nil, nil
 	}
@@ -164,12 +176,16 @@ func newFleet(cfg *config.Config, table *routing.Table, h *Handler, log *slog.Lo
 			return nil, err
 		}
 	}
-	f.node, err = gossip.Start(gossip.Config{
+	gc := gossip.Config{
 		Name: cfg.Node.Name, Region: cfg.Node.Region,
 		Bind: cfg.Gossip.Bind, Advertise: cfg.Gossip.Advertise, Join: cfg.Gossip.Join,
 		SecretKey: key, BackhaulAddr: advertised, CertFingerprint: id.Fingerprint,
 		Log: log.With("component", "gossip"), Registerer: reg,
-	})
+	}
+	if testGossip != nil {
+		testGossip(&gc)
+	}
+	f.node, err = gossip.Start(gc)
 	if err != nil {
 		f.close()
 		return nil, fmt.Errorf("gossip: %w", err)
@@ -240,7 +256,7 @@ func (f *fleet) pinned(fp string) bool {
 
 // RoundTrip sends req to the backhaul of owner.
 func (f *fleet) RoundTrip(req *http.Request, owner string) (*http.Response, error) {
-	m, ok := f.node.Member(owner)
+	m, ok := f.member(owner)
 	if !ok || m.State != gossip.StateAlive || m.BackhaulAddr == "" {
 		f.errs.WithLabelValues(m.Region, "unreachable").Inc()
 		return nil, fmt.Errorf("%w: %s is not an alive member with a backhaul", ErrOwnerUnreachable, owner)
@@ -297,6 +313,7 @@ func (f *fleet) run(ctx context.Context) error {
 	f.sync()
 	joined := f.node.Joined()
 	for {
+		f.watched.beat()
 		select {
 		case <-ctx.Done():
 			f.leave()
@@ -335,10 +352,15 @@ func (f *fleet) leave() {
 // sync applies gossip's view: remote machines and the pins and addresses
 // of alive members.
 func (f *fleet) sync() {
+	if f.syncHook != nil {
+		f.syncHook()
+	}
 	members := f.node.Members()
 	pins := make(map[string]bool, len(members))
 	addrs := make(map[string]string, len(members))
+	byName := make(map[string]gossip.Member, len(members))
 	for _, m := range members {
+		byName[m.Name] = m
 		if m.State == gossip.StateAlive && m.Fingerprint != "" {
 			pins[m.Fingerprint] = true
 		}
@@ -346,6 +368,7 @@ func (f *fleet) sync() {
 			addrs[m.BackhaulAddr] = m.Region
 		}
 	}
+	f.members.Store(&byName)
 	f.mu.Lock()
 	f.pins, f.addrs = pins, addrs
 	close(f.synced)
@@ -353,6 +376,15 @@ func (f *fleet) sync() {
 	f.mu.Unlock()
 	f.table.SetRemote(remoteMachines(f.node.Remote()))
 	f.table.SetRegionRTTs(f.regionRTTs())
+}
+
+// member returns the member named name as the last sync saw it.
+func (f *fleet) member(name string) (gossip.Member, bool) {
+	if ms := f.members.Load(); ms != nil {
+		m, ok := (*ms)[name]
+		return m, ok
+	}
+	return gossip.Member{}, false
 }
 
 // regionRTTs are gossip's measured RTTs per region, plus the simulated RTT

@@ -56,7 +56,7 @@ hosts = ["web.example.com"]
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	f, err := newFleet(cfg, srv.table, srv.handler, log, reg)
+	f, err := newFleet(cfg, srv.table, srv.handler, log, reg, nil)
 	if err != nil || f == nil {
 		t.Fatalf("newFleet: got %v, %v; want a fleet", f, err)
 	}

@@ -111,6 +111,9 @@ type exchange struct {
 	tunnelIn io.ReadCloser
 	// altSvc is the listener's Alt-Svc header (listenerInfo.altSvc).
 	altSvc []string
+	// slowBody is the request body under proxy.body_read_timeout; nil:
+	// none (slowclient.go).
+	slowBody *idleBody
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo) {
@@ -135,6 +138,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 			h.fail(w, &x, CodeAmbiguousFraming, reason, nil)
 			return
 		}
+	}
+	if reason := malformedTarget(r); reason != "" {
+		h.fail(w, &x, CodeMalformedRequest, reason, nil)
+		return
 	}
 	if extendedConnect(r) { // WebSocket over HTTP/3 (http3.go)
 		h.fail(w, &x, CodeUpgradeRejected, "extended CONNECT (RFC 9220) is not supported; upgrade over HTTP/1.1 instead", nil)
@@ -398,6 +405,13 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	ctx := r.Context()
 	// The body streams to the first machine while its start is kept, so a
 	// machine that answers fly-replay can have the request sent on whole.
+	if hasBody(r) && h.cfg.BodyReadTimeout > 0 {
+		x.slowBody = newIdleBody(w, r.Body, h.cfg.BodyReadTimeout)
+		r.Body = x.slowBody
+		defer h.bodyTimedOut(x, x.slowBody)
+	} else if h.cfg.BodyWriteTimeout > 0 {
+		defer h.bodyTimedOut(x, nil)
+	}
 	var body *replay.Body
 	if hasBody(r) && !x.owner { // an owner never replays: the accepting edge keeps the body
 		body = replay.NewBody(r.Body, r.ContentLength, h.cfg.ReplayBodyLimit)
@@ -481,7 +495,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, x *exchange, f
 	// answering (a long poll, a quiet stream) ends the read from the
 	// machine too, so the machine sees its request end and the slot comes
 	// back.
-	n, rerr, werr := copyBody(w, resp.Body, flushEvery(resp))
+	n, rerr, werr := copyBodyWithin(w, resp.Body, flushEvery(resp), newWriteDeadline(w, r, h.cfg.BodyWriteTimeout))
 	watched := unwatch()
 	x.bytesOut = n
 	clean := rerr == nil && werr == nil && watched
@@ -548,7 +562,7 @@ func (h *Handler) roundTrip(ctx context.Context, w http.ResponseWriter, r *http.
 		// the writer below. (HTTP/2 streams are full duplex already.)
 		_ = http.NewResponseController(w).EnableFullDuplex()
 		bodyDone = make(chan error, 1)
-		go func() { bodyDone <- writeBody(c, r, fi.chunked) }()
+		go func() { bodyDone <- endOnBodyTimeout(c, writeBody(c, r, fi.chunked)) }()
 	} else if err = c.bw.Flush(); err != nil {
 		unwatch()
 		return nil, nil, nil, err
@@ -588,13 +602,16 @@ func writeBody(c *upConn, r *http.Request, chunked bool) error {
 	defer copyBufs.Put(bufp)
 	if chunked {
 		cw := httputil.NewChunkedWriter(c.bw)
-		if _, err := io.CopyBuffer(cw, onlyReader{r.Body}, *bufp); err != nil {
+		if _, err := io.CopyBuffer(cw, badBodyReader{c, r.Body}, *bufp); err != nil {
 			return err
 		}
 		if err := cw.Close(); err != nil {
 			return err
 		}
 		for k, vv := range r.Trailer {
+			if !forwardTrailer(k) {
+				continue
+			}
 			for _, v := range vv {
 				writeHeader(c.bw, k, v)
 			}
@@ -602,7 +619,7 @@ func writeBody(c *upConn, r *http.Request, chunked bool) error {
 		c.bw.WriteString("\r\n")
 		return c.bw.Flush()
 	}
-	n, err := io.CopyBuffer(onlyWriter{c.bw}, onlyReader{r.Body}, *bufp)
+	n, err := io.CopyBuffer(onlyWriter{c.bw}, badBodyReader{c, r.Body}, *bufp)
 	if err != nil {
 		return err
 	}
@@ -623,6 +640,11 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // written and, separately, a read error (the machine failed) and a write
 // error (the client failed).
 func copyBody(w http.ResponseWriter, body io.Reader, flush bool) (n int64, rerr, werr error) {
+	return copyBodyWithin(w, body, flush, writeDeadline{})
+}
+
+// copyBodyWithin is copyBody with each write to the client bounded by wd.
+func copyBodyWithin(w http.ResponseWriter, body io.Reader, flush bool, wd writeDeadline) (n int64, rerr, werr error) {
 	bufp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bufp)
 	buf := *bufp
@@ -633,13 +655,13 @@ func copyBody(w http.ResponseWriter, body io.Reader, flush bool) (n int64, rerr,
 	for {
 		nr, err := body.Read(buf)
 		if nr > 0 {
-			nw, err := w.Write(buf[:nr])
+			nw, err := wd.write(w, buf[:nr])
 			n += int64(nw)
 			if err != nil {
 				return n, nil, err
 			}
 			if rc != nil {
-				if err := rc.Flush(); err != nil {
+				if err := wd.flush(rc); err != nil {
 					return n, nil, err
 				}
 			}
@@ -797,6 +819,11 @@ func clientIP(remoteAddr string) string {
 
 // fail answers with a proxy error.
 func (h *Handler) fail(w http.ResponseWriter, x *exchange, code Code, msg string, err error) {
+	if x.slowBody.timedOut() {
+		// Whatever failed, it failed for want of the client's body.
+		code, msg, err = CodeBodyReadTimeout, "the request body stalled: nothing arrived for proxy.body_read_timeout", errBodyReadTimeout
+		w.Header().Set("Connection", "close")
+	}
 	if x.owner && (code == CodeRetriesFailed || code == CodeConnectTimeout) {
 		// Nothing reached the machine: the accepting edge may try another.
 		w.Header().Set(hdrRefused, refusedUnreachable)

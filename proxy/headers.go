@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Header names the proxy sets or reads.
@@ -45,17 +47,33 @@ var hopHeaders = map[string]bool{
 // the machine: hop-by-hop headers, framing the proxy redoes itself, and
 // every header the proxy owns (Fly-*, fly-replay-src and the X-Forwarded-*
 // it sets), so a client cannot spoof them. X-Forwarded-For and Via are not
-// dropped but appended to.
+// dropped but appended to. Host is written from Request.Host: an HTTP/2
+// client's host field, which net/http leaves in the header, is not.
 func dropRequestHeader(k string) bool {
 	if hopHeaders[k] {
 		return true
 	}
 	switch k {
-	case "Content-Length", "Expect", hdrXForwardedFor, hdrVia, hdrBackhaul, "Godwit-Host",
+	case "Host", "Content-Length", "Expect", hdrXForwardedFor, hdrVia, hdrBackhaul, "Godwit-Host",
 		hdrXForwardedProto, hdrXForwardedPort, hdrXForwardedSSL:
 		return true
 	}
 	return len(k) >= 4 && (k[:4] == "Fly-" || strings.EqualFold(k[:4], "fly-"))
+}
+
+// dropUnderscored reports whether k, with "_" for "-", is a header
+// dropRequestHeader drops: CGI-style servers (PHP, WSGI, Rack) read
+// Fly_Client_Ip as Fly-Client-Ip, so a client could spoof it that way.
+func dropUnderscored(k string) bool {
+	return strings.IndexByte(k, '_') >= 0 &&
+		dropRequestHeader(http.CanonicalHeaderKey(strings.ReplaceAll(k, "_", "-")))
+}
+
+// forwardTrailer reports whether the client's trailer field k may reach
+// the machine: none that frames, routes, authenticates or says how to
+// read the body (RFC 9110 6.5.1), nor one dropRequestHeader drops.
+func forwardTrailer(k string) bool {
+	return httpguts.ValidTrailerHeader(k) && !dropRequestHeader(k) && !dropUnderscored(k)
 }
 
 // connectionTokens reports whether name is listed in the Connection header,
@@ -125,7 +143,7 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request, fi *forwardInfo) {
 
 	connection := r.Header["Connection"]
 	for k, vv := range r.Header {
-		if dropRequestHeader(k) || (len(connection) > 0 && connectionListed(connection, k)) {
+		if dropRequestHeader(k) || dropUnderscored(k) || (len(connection) > 0 && connectionListed(connection, k)) {
 			continue
 		}
 		for _, v := range vv {
@@ -167,16 +185,20 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request, fi *forwardInfo) {
 	switch {
 	case fi.chunked:
 		writeHeader(bw, "Transfer-Encoding", "chunked")
-		if len(r.Trailer) > 0 {
-			bw.WriteString("Trailer: ")
-			first := true
-			for k := range r.Trailer {
-				if !first {
-					bw.WriteString(", ")
-				}
-				bw.WriteString(k)
-				first = false
+		first := true
+		for k := range r.Trailer {
+			if !forwardTrailer(k) {
+				continue
 			}
+			if first {
+				bw.WriteString("Trailer: ")
+			} else {
+				bw.WriteString(", ")
+			}
+			bw.WriteString(k)
+			first = false
+		}
+		if !first {
 			bw.WriteString("\r\n")
 		}
 	case r.ContentLength > 0 || r.Header["Content-Length"] != nil || methodExpectsBody(r.Method):

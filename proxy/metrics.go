@@ -32,6 +32,10 @@ type metrics struct {
 	// connRefusals counts client connections refused by a connection
 	// limit: scope node (app "") or app.
 	connRefusals *prometheus.CounterVec
+	// clientTimeouts counts requests ended by a slow client, by kind:
+	// body_read (proxy.body_read_timeout), body_write
+	// (proxy.body_write_timeout). See slowclient.go.
+	clientTimeouts *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
@@ -98,6 +102,11 @@ func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
 		Help: "Client connections refused by a connection limit: scope node (proxy.max_connections: 503 PL05, app empty) or app (proxy.max_connections_per_app: 503 PL06).",
 	}, []string{"scope", "app"})
 	reg.MustRegister(m.connRefusals)
+	m.clientTimeouts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "godwit_client_timeouts_total",
+		Help: "Requests ended because the client stalled: kind body_read (no request body byte for proxy.body_read_timeout) or body_write (a write of the response not done within proxy.body_write_timeout).",
+	}, []string{"kind"})
+	reg.MustRegister(m.clientTimeouts)
 	reg.MustRegister(m.replays, m.replayDuration, m.cacheRequests, m.cacheStores, m.cacheInvalidations, m.backhaulRefusals)
 	reg.MustRegister(m.requests, m.duration, m.rejections, m.queueWait, m.retries, &machineCollector{table: table})
 	return m

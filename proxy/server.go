@@ -18,6 +18,7 @@ import (
 
 	"github.com/godwit/godwit/autostart"
 	"github.com/godwit/godwit/config"
+	"github.com/godwit/godwit/gossip"
 	"github.com/godwit/godwit/health"
 	"github.com/godwit/godwit/replay"
 	"github.com/godwit/godwit/routing"
@@ -49,6 +50,15 @@ type Server struct {
 
 	reload     reloader
 	adminToken atomic.Pointer[string] // "" : mutating admin calls are open (loopback)
+	watch      *watchdog              // stuck loops (watchdog.go)
+	// testFleetSync, for tests only, is called at the start of every
+	// fleet sync (a stuck consumer of gossip); set it before Run.
+	testFleetSync func()
+
+	// testGossip, for tests only, may change the gossip configuration
+	// (its transport, its timings) before Run starts gossip; set it
+	// before Run. Nil in production.
+	testGossip func(*gossip.Config)
 }
 
 // New builds a node from validated config. Metrics go to reg (which /metrics
@@ -59,7 +69,10 @@ func New(cfg *config.Config, log *slog.Logger, reg *prometheus.Registry) (*Serve
 	}
 	table := routing.NewTable(cfg.Node.Region, cfg.Apps, cfg.Machines)
 	s := &Server{cfg: cfg, log: log, table: table, reg: reg, listeners: make(map[string]net.Listener)}
+	s.watch = newWatchdog(log.With("component", "watchdog"), reg)
 	s.health = health.NewChecker(log.With("component", "health"), reg, func(id string, passing bool, reason string) {
+		s.watch.health.enter()
+		defer s.watch.health.exit()
 		if m := table.Machine(id); m != nil {
 			m.SetHealthy(passing)
 		}
@@ -205,7 +218,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// other edges' machines.
 	fleetCtx, stopFleet := context.WithCancel(context.Background())
 	defer stopFleet()
-	f, err := newFleet(s.cfg, s.table, s.handler, s.log, s.reg)
+	f, err := newFleet(s.cfg, s.table, s.handler, s.log, s.reg, s.testGossip)
 	if err != nil {
 		s.closeListeners()
 		s.closeMachines()
@@ -219,11 +232,14 @@ func (s *Server) Run(ctx context.Context) error {
 		s.handler.fleet = f
 		s.handler.warmup = f.warmup
 		s.handler.simulatedRTT = len(s.cfg.Backhaul.SimulatedRTT) > 0
+		f.watched, f.syncHook = s.watch.fleet, s.testFleetSync
+		s.watch.watch(f.watched, nil)
 		g.Go(func() error { return f.run(fleetCtx) })
 		s.log.Info("fleet joined", "gossip", f.node.Addr(), "backhaul", f.backhaulAddr(), "protocol", s.cfg.Backhaul.Protocol)
 	}
 	g.Go(func() error { return s.health.Run(healthCtx) })
 	g.Go(func() error { return s.handler.wakes.Run(healthCtx) }) // autostop
+	s.watchLoops(healthCtx, g)
 	s.reload.mu.Lock()
 	s.reload.ctx = healthCtx // reloads may start and stop machines from now on
 	for _, m := range s.cfg.Machines {
@@ -378,8 +394,17 @@ func (s *Server) httpServer(h http.Handler, errLog *log.Logger) *http.Server {
 		ErrorLog:          errLog,
 		ConnContext:       withClientConn,
 		ConnState:         s.tracked.hook,
+		// HTTP/2 frames of at most 16 KiB, the protocol's default,
+		// rather than net/http's 1 MiB: a client's frame is read whole
+		// into a buffer that its connection keeps, so one large frame
+		// would pin 1 MiB per connection.
+		HTTP2: &http.HTTP2Config{MaxReadFrameSize: h2MaxReadFrameSize},
 	}
 }
+
+// h2MaxReadFrameSize is the SETTINGS_MAX_FRAME_SIZE client connections
+// are told, in bytes: larger frames are a connection error.
+const h2MaxReadFrameSize = 16 << 10
 
 // janitor closes pooled upstream connections that stayed idle too long.
 func (s *Server) janitor(ctx context.Context) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -119,6 +120,7 @@ const (
 	reasonBadLength    = "request has an invalid Content-Length"
 	reasonHeadTooLarge = "request head too large"
 	reasonBadChunked   = "an earlier request on this connection had invalid chunked framing"
+	reasonTE10         = "HTTP/1.0 request has Transfer-Encoding"
 )
 
 // h2Preface starts an HTTP/2 connection with prior knowledge (RFC 9113 3.4).
@@ -535,7 +537,11 @@ func (t *smuggleTracker) stepLength(b byte) {
 
 func (t *smuggleTracker) endHead() {
 	switch {
-	case t.hasTE && !t.http10: // net/http ignores Transfer-Encoding in HTTP/1.0
+	case t.hasTE && t.http10:
+		// net/http ignores it and reads what follows as the next
+		// request; RFC 9112 6.1 calls the framing faulty.
+		t.poisonHead(reasonTE10)
+	case t.hasTE: // chunked: net/http answers any other coding 501
 		t.excess = 0
 		t.startChunkLine()
 	case t.length > 0:
@@ -682,6 +688,67 @@ func hexValue(b byte) (byte, bool) {
 		return b - 'A' + 10, true
 	}
 	return 0, false
+}
+
+// badBodyReader reads a client's request body for the machine (and hides
+// WriteTo, as onlyReader does). A body net/http fails to parse (broken
+// chunked framing, a bad trailer) leaves the machine with an incomplete
+// request: the reader marks c and ends its exchange at once, so that the
+// machine sees the request cut short instead of waiting for the rest of
+// it, and the client gets 400 PX01 rather than the machine's timeout.
+type badBodyReader struct {
+	c *upConn
+	r io.Reader
+}
+
+func (b badBodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && malformedBody(err) {
+		b.c.badBody = true
+		b.c.nc.SetDeadline(aLongTimeAgo)
+	}
+	return n, err
+}
+
+// malformedBody reports whether err, from reading a request body, is a
+// parse error rather than the end of the body, a client that went away or
+// stalled, or a limit.
+func malformedBody(err error) bool {
+	var ne net.Error
+	var mb *http.MaxBytesError
+	return err != io.EOF && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.As(err, &ne) && !errors.As(err, &mb) &&
+		!errors.Is(err, errBodyReadTimeout) && !errors.Is(err, context.Canceled) && !errors.Is(err, http.ErrBodyReadAfterClose)
+}
+
+// malformedTarget says why the machine could read r's target or host
+// differently from the edge, which routed it by r.Host; "" if it cannot.
+// net/http lets these through: a request-target that is neither
+// origin-form, absolute-form with a host, nor "*" of OPTIONS (which
+// net/http answers itself), a fragment (RFC 9112 3.2), and over HTTP/2
+// and HTTP/3 a host field that differs from :authority (RFC 9113 8.3.1).
+func malformedTarget(r *http.Request) string {
+	if v, ok := r.Header["Host"]; ok && (len(v) != 1 || !strings.EqualFold(v[0], r.Host)) {
+		return "the host field differs from :authority"
+	}
+	u := r.RequestURI
+	for _, b := range []byte(r.Method + u) {
+		if b <= ' ' || b == 0x7f {
+			return "the method or request-target has whitespace or a control byte"
+		}
+	}
+	switch {
+	case r.Method == http.MethodConnect:
+		return ""
+	case u == "*":
+		return "the request-target * is for OPTIONS only"
+	case strings.IndexByte(u, '#') >= 0:
+		return "the request-target has a fragment"
+	case u != "" && u[0] == '/':
+		return ""
+	case r.URL.Opaque != "" || r.URL.Host == "" || r.URL.Scheme != "http" && r.URL.Scheme != "https":
+		return "the request-target is neither a path nor an http(s) URI with a host"
+	}
+	return ""
 }
 
 // isTokenByte reports a tchar (RFC 9110 5.6.2).

@@ -106,9 +106,9 @@ func trackCases() []trackCase {
 			requests: 2,
 		},
 		{
-			name:     "Transfer-Encoding in HTTP/1.0 frames nothing",
-			stream:   "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" + trackGET,
-			requests: 2,
+			name:   "Transfer-Encoding in HTTP/1.0 is faulty framing",
+			stream: "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" + trackGET,
+			refuse: 1, reason: reasonTE10,
 		},
 		{name: "OPTIONS * is not counted", stream: "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n" + trackBoth, refuse: 1},
 		{

@@ -37,6 +37,9 @@ type upConn struct {
 	br    *bufio.Reader
 	bw    *bufio.Writer
 	since time.Time // when it went idle
+	// badBody: the client's request body being written was malformed
+	// (badBodyReader). Set by the body writer, read once it has ended.
+	badBody bool
 
 	peekFn  func(fd uintptr) bool // c.peek, bound once so a check allocates nothing
 	peekBuf [1]byte

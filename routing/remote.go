@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"maps"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -40,14 +41,22 @@ func (o *ownerState) reachable() bool {
 // ownerState returns the state of an owner, created on first use. Called
 // with t.mu held.
 func (t *Table) ownerState(name string) *ownerState {
-	o := t.owners[name]
-	if o == nil {
-		o = &ownerState{}
-		o.member.Store(true)
-		t.owners[name] = o
+	if o := t.owner(name); o != nil {
+		return o
 	}
+	old := *t.owners.Load()
+	owners := make(map[string]*ownerState, len(old)+1)
+	maps.Copy(owners, old)
+	o := &ownerState{}
+	o.member.Store(true)
+	owners[name] = o
+	t.owners.Store(&owners)
 	return o
 }
+
+// owner returns the state of an owner, nil if none was created yet. It
+// takes no lock.
+func (t *Table) owner(name string) *ownerState { return (*t.owners.Load())[name] }
 
 // sameRemote reports whether m is the remote machine rm describes, so its
 // record (and this node's in-flight count on it) carries over.
@@ -131,20 +140,23 @@ func (t *Table) sameRemoteSet(s *snapshot, machines []RemoteMachine) bool {
 // MarkOwnerDown holds every machine of owner out of the pick for d: the
 // backhaul to it failed, so requests go elsewhere at once instead of
 // waiting for gossip to declare it dead. A later MarkOwnerUp (a request
-// through it succeeded) ends the hold early.
+// through it succeeded) ends the hold early. The request path calls it:
+// it takes no lock for an owner the table has machines of (the table's
+// lock is taken only to note an owner it never heard of).
 func (t *Table) MarkOwnerDown(owner string, d time.Duration) {
-	t.mu.Lock()
-	o := t.ownerState(owner)
-	t.mu.Unlock()
+	o := t.owner(owner)
+	if o == nil {
+		t.mu.Lock()
+		o = t.ownerState(owner)
+		t.mu.Unlock()
+	}
 	o.downUntil.Store(time.Now().Add(d).UnixNano())
 }
 
-// MarkOwnerUp ends a MarkOwnerDown hold.
+// MarkOwnerUp ends a MarkOwnerDown hold. It takes no lock: the request
+// path calls it after every answer through the owner.
 func (t *Table) MarkOwnerUp(owner string) {
-	t.mu.Lock()
-	o := t.owners[owner]
-	t.mu.Unlock()
-	if o != nil && o.downUntil.Swap(0) != 0 {
+	if o := t.owner(owner); o != nil && o.downUntil.Swap(0) != 0 {
 		s := t.snap.Load()
 		for _, m := range s.machines {
 			if m.owner == o {

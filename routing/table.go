@@ -195,7 +195,10 @@ type Table struct {
 	apps   []config.App
 	local  []config.Machine
 	remote []RemoteMachine
-	owners map[string]*ownerState // by node name; kept across rebuilds
+	// owners are by node name, kept across rebuilds: a map copied on
+	// write under mu and read without it (the request path marks owners
+	// down and up).
+	owners atomic.Pointer[map[string]*ownerState]
 	rtts   map[string]time.Duration
 	coords map[string][2]float64 // region_coords from config
 }
@@ -208,7 +211,8 @@ type snapshot struct {
 
 // NewTable builds a table for a node in region from validated config.
 func NewTable(region string, apps []config.App, machines []config.Machine) *Table {
-	t := &Table{region: region, owners: make(map[string]*ownerState), localChanges: make(chan struct{}, 1)}
+	t := &Table{region: region, localChanges: make(chan struct{}, 1)}
+	t.owners.Store(&map[string]*ownerState{})
 	t.apps, t.local = apps, machines
 	t.rebuild()
 	return t
@@ -326,6 +330,15 @@ func (t *Table) rebuild() {
 			a.queue.kick(m)
 		}
 	}
+}
+
+// Probe takes and releases the lock that serialises the table's changes
+// (Update, SetRemote, SetRegionRTTs, rebuilds) and returns: it blocks for
+// as long as a change holds that lock. A watchdog times it to notice a
+// change that never ends. The request path never takes this lock.
+func (t *Table) Probe() {
+	t.mu.Lock()
+	defer t.mu.Unlock() // nothing in between: taking it is the probe
 }
 
 // Region is the node's own region.

@@ -26,59 +26,15 @@ import (
 // gossip members gauge, and a recording rule's output; every rule must
 // evaluate without error.
 func TestPrometheusScrape(t *testing.T) {
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		t.Skip("prometheus not installed (Debian: apt-get install prometheus); skipping the scrape by a real Prometheus")
-	}
-	if testing.Short() {
-		t.Skip("runs a Prometheus server for several seconds")
-	}
+	bin := needPrometheus(t)
 	f := startFleet(t)
 	f.exercise(t)
 
 	// Steady traffic, so that rates are not zero.
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		tick := time.NewTicker(50 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				f.do(t, f.iad, http.MethodGet, "/", nil)
-			}
-		}
-	})
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	steadyTraffic(t, 50*time.Millisecond, func() { f.do(t, f.iad, http.MethodGet, "/", nil) })
 
-	rules, err := filepath.Abs(rulesFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	prom := startPrometheus(t, bin, rules, f.iad.admin, f.nrt.admin)
-
-	// Both targets up.
-	prom.poll(t, 30*time.Second, "both edges scraped and up", func() error {
-		var targets struct {
-			ActiveTargets []struct {
-				ScrapeURL, Health, LastError string
-			}
-		}
-		if err := prom.api("/api/v1/targets", nil, &targets); err != nil {
-			return err
-		}
-		if len(targets.ActiveTargets) != 2 {
-			return fmt.Errorf("%d active targets, want 2", len(targets.ActiveTargets))
-		}
-		for _, tg := range targets.ActiveTargets {
-			if tg.Health != "up" {
-				return fmt.Errorf("target %s: health %q (%s)", tg.ScrapeURL, tg.Health, tg.LastError)
-			}
-		}
-		return nil
-	})
+	prom := startPrometheus(t, bin, f.iad.admin, f.nrt.admin)
+	prom.waitTargetsUp(t, 30*time.Second)
 
 	// The request counter, by the labels of the contract.
 	prom.poll(t, 30*time.Second, "godwit_requests_total of app web", func() error {
@@ -132,52 +88,63 @@ func TestPrometheusScrape(t *testing.T) {
 		return nil
 	})
 
-	// Every rule has been evaluated, without error.
-	prom.poll(t, 30*time.Second, "every rule evaluated", func() error {
-		var rules struct {
-			Groups []struct {
-				Name  string
-				Rules []struct{ Name, Health, LastError string }
+	prom.waitRulesHealthy(t, 30*time.Second)
+}
+
+// needPrometheus returns the path of the prometheus binary, skipping
+// the test when it is not installed or with -short.
+func needPrometheus(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Skip("prometheus not installed (Debian: apt-get install prometheus); skipping the scrape by a real Prometheus")
+	}
+	if testing.Short() {
+		t.Skip("runs a Prometheus server for several seconds")
+	}
+	return bin
+}
+
+// steadyTraffic calls send every period until the test ends, so that
+// rates are not zero.
+func steadyTraffic(t *testing.T, period time.Duration, send func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				send()
 			}
 		}
-		if err := prom.api("/api/v1/rules", nil, &rules); err != nil {
-			return err
-		}
-		n := 0
-		for _, g := range rules.Groups {
-			for _, r := range g.Rules {
-				n++
-				switch r.Health {
-				case "ok":
-				case "unknown":
-					return fmt.Errorf("rule %s of %s not evaluated yet", r.Name, g.Name)
-				default:
-					t.Errorf("rule %s of %s: health %q: %s", r.Name, g.Name, r.Health, r.LastError)
-				}
-			}
-		}
-		if n != len(readRules(t)) {
-			return fmt.Errorf("Prometheus loaded %d rules, want %d", n, len(readRules(t)))
-		}
-		t.Logf("%d rules evaluated, all healthy", n)
-		return nil
 	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
 }
 
 // promServer is a running Prometheus server.
 type promServer struct {
-	base   string // http://127.0.0.1:port
-	log    string // its log file
-	client *http.Client
-	exited chan struct{}
+	base    string // http://127.0.0.1:port
+	log     string // its log file
+	targets []string
+	client  *http.Client
+	exited  chan struct{}
 }
 
-// startPrometheus runs Prometheus on a free loopback port with a
-// temporary storage directory, scraping targets every second and
-// evaluating rules every second; the test's cleanup stops it (SIGTERM,
-// then SIGKILL after 10 s).
-func startPrometheus(t *testing.T, bin, rules string, targets ...string) *promServer {
+// startPrometheus runs Prometheus (bin) on a free loopback port with a
+// temporary storage directory and the rules of rulesFile, scraping
+// targets (host:port, path /metrics) every second as job godwit and
+// evaluating the rules every second; the test's cleanup stops it
+// (SIGTERM, then SIGKILL after 10 s).
+func startPrometheus(t *testing.T, bin string, targets ...string) *promServer {
 	t.Helper()
+	rules, err := filepath.Abs(rulesFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	quoted := make([]string, len(targets))
 	for i, tg := range targets {
@@ -215,7 +182,7 @@ scrape_configs:
 		logOut.Close()
 		t.Fatalf("start %s: %v", bin, err)
 	}
-	p := &promServer{base: "http://" + addr, log: logFile, exited: make(chan struct{}),
+	p := &promServer{base: "http://" + addr, log: logFile, targets: targets, exited: make(chan struct{}),
 		client: &http.Client{Transport: &http.Transport{}, Timeout: 5 * time.Second}}
 	waitErr := make(chan error, 1)
 	go func() {
@@ -251,6 +218,72 @@ scrape_configs:
 	})
 	t.Logf("prometheus on %s, scraping %v", addr, targets)
 	return p
+}
+
+// waitTargetsUp waits until Prometheus has scraped each of its targets,
+// and every one is up.
+func (p *promServer) waitTargetsUp(t *testing.T, d time.Duration) {
+	t.Helper()
+	p.poll(t, d, fmt.Sprintf("%d targets scraped and up", len(p.targets)), func() error {
+		var targets struct {
+			ActiveTargets []struct {
+				ScrapeURL, Health, LastError string
+			}
+		}
+		if err := p.api("/api/v1/targets", nil, &targets); err != nil {
+			return err
+		}
+		if len(targets.ActiveTargets) != len(p.targets) {
+			return fmt.Errorf("%d active targets, want %d", len(targets.ActiveTargets), len(p.targets))
+		}
+		for _, tg := range targets.ActiveTargets {
+			if tg.Health != "up" {
+				return fmt.Errorf("target %s: health %q (%s)", tg.ScrapeURL, tg.Health, tg.LastError)
+			}
+		}
+		return nil
+	})
+}
+
+// waitRulesHealthy waits until Prometheus has evaluated every rule of
+// rulesFile at least once, and fails the test for each that evaluated
+// with an error.
+func (p *promServer) waitRulesHealthy(t *testing.T, d time.Duration) {
+	t.Helper()
+	want := len(readRules(t))
+	p.poll(t, d, "every rule evaluated", func() error {
+		var rules struct {
+			Groups []struct {
+				Name  string
+				Rules []struct{ Name, Health, LastError string }
+			}
+		}
+		if err := p.api("/api/v1/rules", nil, &rules); err != nil {
+			return err
+		}
+		n := 0
+		var unhealthy []string
+		for _, g := range rules.Groups {
+			for _, r := range g.Rules {
+				n++
+				switch r.Health {
+				case "ok":
+				case "unknown":
+					return fmt.Errorf("rule %s of %s not evaluated yet", r.Name, g.Name)
+				default:
+					unhealthy = append(unhealthy, fmt.Sprintf("rule %s of %s: health %q: %s", r.Name, g.Name, r.Health, r.LastError))
+				}
+			}
+		}
+		if n != want {
+			return fmt.Errorf("Prometheus loaded %d rules, want %d", n, want)
+		}
+		for _, u := range unhealthy {
+			t.Error(u)
+		}
+		t.Logf("%d rules evaluated, %d unhealthy", n, len(unhealthy))
+		return nil
+	})
 }
 
 // freeLoopbackPort returns a 127.0.0.1 address whose port was free a

@@ -3,6 +3,12 @@
 // on each (so each is a real, used keep-alive connection), keeps them all
 // open and idle, and prints the proxy's resident memory (VmRSS of -pid)
 // before and after.
+//
+// With -slowloris M it then opens M more connections that each send a
+// partial request head (slowloris clients, which the proxy holds until its
+// header timeout) and prints the resident memory again. The figures are
+// taken within -hold of opening them, so -hold plus the time to open them
+// must stay under the proxy's header timeout (godwit: 10 s by default).
 package main
 
 import (
@@ -24,9 +30,10 @@ func main() {
 	n := flag.Int("n", 10000, "connections to hold")
 	pid := flag.Int("pid", 0, "proxy process id (for VmRSS)")
 	hold := flag.Duration("hold", 2*time.Second, "how long to hold the idle connections before measuring")
+	slowloris := flag.Int("slowloris", 0, "connections holding a partial request head, opened after the idle ones")
 	flag.Parse()
 
-	raiseNoFile(uint64(*n) + 1024)
+	raiseNoFile(uint64(*n+*slowloris) + 1024)
 	before := rss(*pid)
 	conns := make([]net.Conn, 0, *n)
 	defer func() {
@@ -63,7 +70,35 @@ func main() {
 	time.Sleep(*hold)
 	after := rss(*pid)
 	fmt.Printf("connections=%d rss_before_kib=%d rss_after_kib=%d per_conn_bytes=%.0f\n",
-		*n, before, after, float64(after-before)*1024/float64(*n))
+		*n, before, after, float64(after-before)*1024/float64(max(*n, 1)))
+	if *slowloris == 0 {
+		return
+	}
+	partial := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nX-Slow: a", *path, *host)
+	start = time.Now()
+	for i := 0; i < *slowloris; i++ {
+		c, err := net.DialTimeout("tcp", *addr, 5*time.Second)
+		if err != nil {
+			fail("slowloris connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+		if _, err := c.Write([]byte(partial)); err != nil {
+			fail("write on slowloris connection %d: %v", i, err)
+		}
+	}
+	opened := time.Since(start)
+	time.Sleep(*hold)
+	slow := rss(*pid)
+	// Still held? A connection the proxy closed reads EOF at once.
+	held := 0
+	for _, c := range conns[*n:] {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err != nil && os.IsTimeout(err) {
+			held++
+		}
+	}
+	fmt.Printf("slowloris=%d opened_in_s=%.1f held=%d rss_kib=%d per_slowloris_conn_bytes=%.0f\n",
+		*slowloris, opened.Seconds(), held, slow, float64(slow-after)*1024/float64(*slowloris))
 }
 
 func rss(pid int) int64 {
