@@ -1,10 +1,8 @@
 package rules
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -16,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/goleak"
 
-	"github.com/godwit/godwit/config"
+	"github.com/godwit/godwit/internal/edgetest"
 	"github.com/godwit/godwit/proxy"
 )
 
@@ -74,10 +72,7 @@ func startFleet(t *testing.T) *fleet {
 	t.Cleanup(f.client.CloseIdleConnections)
 	f.nrt = startEdge(t, "edge-nrt", "nrt", "", machineTOML("m-nrt", "nrt", mNRT.Listener.Addr().String()))
 	f.iad = startEdge(t, "edge-iad", "iad", f.nrt.srv.GossipAddr(), machineTOML("m-iad", "iad", mIAD.Listener.Addr().String()))
-	waitFor(t, 20*time.Second, "edge-iad knows and reaches m-nrt", func() bool {
-		m := f.iad.srv.Table().Machine("m-nrt")
-		return m != nil && m.Remote() && m.Reachable()
-	})
+	edgetest.WaitReachable(t, f.iad.srv, "m-nrt", 20*time.Second)
 	return f
 }
 
@@ -122,38 +117,12 @@ hosts = [%q]
   soft_limit = 1
   hard_limit = 1
 `, name, region, joinLine, webHost) + machines
-	cfg, err := config.Parse([]byte(text), name+".toml")
-	if err != nil {
-		t.Fatalf("config of %s: %v", name, err)
-	}
 	// The registry of `godwit run`: the node's metrics and the Go and
 	// process collectors.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := proxy.New(cfg, slog.New(slog.DiscardHandler), reg)
-	if err != nil {
-		t.Fatalf("proxy.New for %s: %v", name, err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatalf("Listen of %s: %v", name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run of %s: got %v, want nil", name, err)
-			}
-		case <-time.After(time.Minute):
-			t.Errorf("Run of %s did not return within a minute of its context ending", name)
-		}
-	})
-	e := &edge{name: name, srv: srv, admin: srv.Addr("admin"), http: srv.Addr("http")}
-	waitFor(t, 10*time.Second, name+" gossiping", func() bool { return srv.GossipAddr() != "" })
-	return e
+	e := edgetest.Start(t, name, text, edgetest.Options{Registry: reg})
+	return &edge{name: name, srv: e.Server, admin: e.Server.Addr("admin"), http: e.Server.Addr("http")}
 }
 
 // do sends one request for app web to edge e and returns its status.
@@ -230,17 +199,4 @@ func (f *fleet) scrape(t testing.TB, e *edge) string {
 		t.Fatalf("GET /metrics of %s: got %d, %v", e.name, resp.StatusCode, err)
 	}
 	return string(b)
-}
-
-// waitFor polls cond until it holds, failing the test when it does not
-// within d.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %v", what, d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -12,71 +12,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/godwit/godwit/config"
+	"github.com/godwit/godwit/internal/edgetest"
 	"github.com/godwit/godwit/loadgen"
 	"github.com/godwit/godwit/proxy"
 )
-
-// loadLog collects an in-process edge's log, shown when a test fails.
-type loadLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *loadLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *loadLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// loadEdge starts an edge in this process from its TOML and stops it when
-// the test ends.
-func loadEdge(t *testing.T, name, toml string) *proxy.Server {
-	t.Helper()
-	cfg, err := config.Parse([]byte(toml), name+".toml")
-	if err != nil {
-		t.Fatalf("config of %s: %v", name, err)
-	}
-	logs := &loadLog{}
-	srv, err := proxy.New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatalf("proxy.New(%s): %v", name, err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatalf("%s: Listen: %v", name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%s: Run: %v", name, err)
-			}
-		case <-time.After(time.Minute):
-			t.Errorf("%s: Run did not return within a minute of its context ending", name)
-		}
-		if t.Failed() {
-			t.Logf("%s's log:\n%s", name, logs)
-		}
-	})
-	return srv
-}
 
 // loadMachine is an app machine on loopback; replayTo, if set, makes it
 // answer every request with a body (writes) with fly-replay to that
@@ -172,27 +115,13 @@ func TestLoadReplayFleet(t *testing.T) {
 	machine := func(id, region, addr string) string {
 		return fmt.Sprintf("\n[[machine]]\nid = %q\napp = \"web\"\nregion = %q\naddress = %q\n", id, region, addr)
 	}
-	iad := loadEdge(t, "edge-iad", loadEdgeTOML("edge-iad", "iad", `http = "127.0.0.1:0"`, "", machine("m-iad", "iad", iadAddr)))
-	deadline := time.Now().Add(15 * time.Second)
-	for iad.GossipAddr() == "" {
-		if time.Now().After(deadline) {
-			t.Fatal("edge-iad has no gossip address after 15s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	lhr := loadEdge(t, "edge-lhr", loadEdgeTOML("edge-lhr", "lhr", `http = "127.0.0.1:0"`, iad.GossipAddr(), machine("m-lhr", "lhr", lhrAddr)))
-	for {
-		if m := lhr.Table().Machine("m-iad"); m != nil && m.Remote() && m.Reachable() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("edge-lhr does not know m-iad as reachable after 15s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	warn := edgetest.Options{LogLevel: slog.LevelWarn} // the edges' logs: warnings and errors only
+	iad := edgetest.Start(t, "edge-iad", loadEdgeTOML("edge-iad", "iad", `http = "127.0.0.1:0"`, "", machine("m-iad", "iad", iadAddr)), warn)
+	lhr := edgetest.Start(t, "edge-lhr", loadEdgeTOML("edge-lhr", "lhr", `http = "127.0.0.1:0"`, iad.Server.GossipAddr(), machine("m-lhr", "lhr", lhrAddr)), warn)
+	edgetest.WaitReachable(t, lhr.Server, "m-iad", 15*time.Second)
 
 	dir := t.TempDir()
-	base := "http://" + lhr.Addr("http")
+	base := "http://" + lhr.Server.Addr("http")
 	targets := filepath.Join(dir, "targets.txt")
 	os.WriteFile(targets, []byte(fmt.Sprintf("GET %s/\nHost: web.test\n\nPOST %s/write\nHost: web.test\n", base, base)), 0o644)
 	out, plot := filepath.Join(dir, "report.json"), filepath.Join(dir, "plot.html")
@@ -277,9 +206,10 @@ func TestLoadReplayFleet(t *testing.T) {
 func TestLoadProtocols(t *testing.T) {
 	var hits atomic.Int64
 	addr := loadMachine(t, "m-iad", "", &hits)
-	edge := loadEdge(t, "edge-iad", loadEdgeTOML("edge-iad", "iad",
+	edge := edgetest.Start(t, "edge-iad", loadEdgeTOML("edge-iad", "iad",
 		"http = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nhttp3 = \"127.0.0.1:0\"", "",
-		fmt.Sprintf("\n[[machine]]\nid = \"m-iad\"\napp = \"web\"\naddress = %q\n", addr)))
+		fmt.Sprintf("\n[[machine]]\nid = \"m-iad\"\napp = \"web\"\naddress = %q\n", addr)),
+		edgetest.Options{LogLevel: slog.LevelWarn}).Server
 	for _, tc := range []struct {
 		name, proto, url, want string
 	}{
@@ -296,8 +226,11 @@ func TestLoadProtocols(t *testing.T) {
 				t.Fatalf("godwit load --http %s %s: exit %d, want 0\n%s\n%s", tc.proto, tc.url, code, stdout, stderr)
 			}
 			rep := readLoadReport(t, out)
-			if rep.Responses < 30 || rep.Protocols[tc.want] != rep.Responses || rep.Settings.Protocol != tc.proto {
-				t.Errorf("got %d responses by protocol %v (settings %+v); want about 50 (100/s for 500ms), all %s", rep.Responses, rep.Protocols, rep.Settings, tc.want)
+			// How many the pacer sent depends on the machine's load (about
+			// 50); that every one was answered, over the protocol asked
+			// for, does not.
+			if rep.Responses == 0 || rep.Responses != rep.Requests || rep.Protocols[tc.want] != rep.Responses || rep.Settings.Protocol != tc.proto {
+				t.Errorf("got %d responses of %d requests by protocol %v (settings %+v); want every request answered, all %s", rep.Responses, rep.Requests, rep.Protocols, rep.Settings, tc.want)
 			}
 		})
 	}

@@ -2,11 +2,9 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -16,13 +14,10 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/godwit/godwit/config"
+	"github.com/godwit/godwit/internal/edgetest"
 	"github.com/godwit/godwit/proxy"
 )
 
@@ -31,25 +26,6 @@ type statusEdge struct {
 	name  string
 	srv   *proxy.Server
 	admin string // admin URL
-	logs  *statusLog
-}
-
-// statusLog collects an edge's log lines, shown when the test fails.
-type statusLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *statusLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *statusLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 // statusEdgeConfig is the TOML of a test edge: every listener, gossip and
@@ -104,53 +80,8 @@ func statusMachine(id, app, region, addr, state string) string {
 // gossip is up.
 func startStatusEdge(t *testing.T, name, region, join, machines string) *statusEdge {
 	t.Helper()
-	cfg, err := config.Parse([]byte(statusEdgeConfig(name, region, join, machines)), name+".toml")
-	if err != nil {
-		t.Fatalf("config of %s: %v", name, err)
-	}
-	e := &statusEdge{name: name, logs: &statusLog{}}
-	e.srv, err = proxy.New(cfg, slog.New(slog.NewTextHandler(e.logs, nil)), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatalf("proxy.New(%s): %v", name, err)
-	}
-	if err := e.srv.Listen(); err != nil {
-		t.Fatalf("Listen(%s): %v", name, err)
-	}
-	e.admin = "http://" + e.srv.Addr("admin")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%s: Run: got %v, want nil", name, err)
-			}
-		case <-time.After(time.Minute):
-			t.Errorf("%s: Run did not return within a minute of its context ending", name)
-		}
-		if t.Failed() {
-			t.Logf("%s log:\n%s", name, e.logs)
-		}
-	})
-	statusPoll(t, 10*time.Second, name+" gossiping", func() bool { return e.srv.GossipAddr() != "" })
-	return e
-}
-
-// statusPoll polls cond until it holds, failing the test with what once d
-// has passed.
-func statusPoll(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %v", what, d)
-		}
-		<-tick.C
-	}
+	e := edgetest.Start(t, name, statusEdgeConfig(name, region, join, machines), edgetest.Options{})
+	return &statusEdge{name: name, srv: e.Server, admin: "http://" + e.Server.Addr("admin")}
 }
 
 // statusMachineServer is a started app machine: an HTTP server on loopback.
@@ -213,7 +144,7 @@ func TestStatusFleet(t *testing.T) {
 		"m-nrt-1": {"web", "nrt", "edge-nrt", "started", "0/20/25"},
 	}
 	for _, e := range edges {
-		statusPoll(t, 30*time.Second, e.name+" seeing the two others alive", func() bool {
+		edgetest.Poll(t, 30*time.Second, e.name+" seeing the two others alive", func() bool {
 			alive := 0
 			for _, m := range e.srv.Members() {
 				if m.State == "alive" {
@@ -223,7 +154,7 @@ func TestStatusFleet(t *testing.T) {
 			return alive == len(edges)
 		})
 	}
-	statusPoll(t, 30*time.Second, "edge-iad knowing every machine, started and healthy where it should be", func() bool {
+	edgetest.Poll(t, 30*time.Second, "edge-iad knowing every machine, started and healthy where it should be", func() bool {
 		ms := iad.srv.Machines()
 		if len(ms) != len(wantMachines) {
 			return false
