@@ -321,7 +321,7 @@ func TestChaos(t *testing.T) {
 	began := time.Now()
 	p.codedUntil.Store(began.Add(chaosFailover).UnixNano())
 	machines["m-cdg"].kill()
-	time.Sleep(chaosFailover + time.Second) // the failover window, and a second of rerouted load
+	time.Sleep(chaosFailover + time.Second) // the machine stays dead this long (the failover window and a second of rerouted load): the fault, not a wait for a condition
 	back := time.Now()
 	machines["m-cdg"].start(t)
 	converge(p, back, "m-cdg's restart")
@@ -331,7 +331,7 @@ func TestChaos(t *testing.T) {
 	began = time.Now()
 	p.codedUntil.Store(began.Add(chaosFailover).UnixNano())
 	snapshot()["edge-cdg"].kill(t)
-	time.Sleep(chaosFailover + time.Second)
+	time.Sleep(chaosFailover + time.Second) // the edge stays dead this long: the fault, not a wait for a condition
 	back = time.Now()
 	restartEdge("edge-cdg")
 	p.restarted.Store(time.Now().UnixNano())

@@ -295,7 +295,7 @@ func waitForEdges(t *testing.T, timeout time.Duration, what any, cond func() boo
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %v\n%s", timeout, what, logsOf(edges))
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // poll interval, within the deadline
 	}
 }
 
