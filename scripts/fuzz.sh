@@ -4,8 +4,10 @@
 # and its fuzz workers, build included), execs, new corpus entries and
 # failures, as a markdown table on stdout and in bench/fuzz-latest.md.
 #
-#   scripts/fuzz.sh [-t 60s] [-p parallel] [pattern]
+#   scripts/fuzz.sh [-t 60s] [-p parallel] [-o out.md] [pattern]
 #
+# -o names the table's file (default bench/fuzz-latest.md), so that two
+# runs at once do not write the same file.
 # pattern (an extended regexp) selects targets by "pkg.FuzzName", e.g.
 # 'gossip' or 'FuzzParse'. A crasher is kept by Go in the package's
 # testdata/fuzz/<FuzzName>/: its path is reported; make it a regression seed
@@ -15,11 +17,13 @@ set -euo pipefail
 
 fuzztime=60s
 parallel=1 # the project machine is shared: one fuzz worker
-while getopts "t:p:h" opt; do
+out=bench/fuzz-latest.md
+while getopts "t:p:o:h" opt; do
 	case $opt in
 	t) fuzztime=$OPTARG ;;
 	p) parallel=$OPTARG ;;
-	*) sed -n '2,13p' "$0" >&2; exit 2 ;;
+	o) out=$OPTARG ;;
+	*) sed -n '2,15p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
@@ -28,7 +32,6 @@ pattern=${1:-.}
 cd "$(dirname "$0")/.."
 module=$(go list -m)
 cache=$(go env GOCACHE)/fuzz
-out=bench/fuzz-latest.md
 logdir=$(mktemp -d)
 trap 'rm -rf "$logdir"' EXIT
 
