@@ -61,6 +61,12 @@
 // logs a warning: anyone who can reach the port can join and inject
 // records. Every message from a peer is versioned and decoded
 // defensively: a malformed one is logged at Debug, counted and dropped.
+// Versions come from the owners' clocks, so a record claiming a version
+// (or time) more than MaxClockSkew ahead of the receiver's clock is
+// refused, counted (result future) and logged at most once a minute: a
+// forged or corrupt copy at a version near 2^64 would otherwise pin the
+// record, and an owner whose clock runs minutes ahead is told to fix it
+// rather than silently winning every conflict.
 //
 // # Metrics
 //
@@ -68,7 +74,7 @@
 //
 //	godwit_gossip_members{state}                  gauge, read at scrape time: alive, dead, left
 //	godwit_gossip_state_propagation_seconds       histogram (native and classic buckets): age of each newer remote record version on arrival, by the owner's clock
-//	godwit_gossip_messages_total{kind,result}     counter: kind update, state or leave; result published, relayed (sent), applied, stale, malformed (received)
+//	godwit_gossip_messages_total{kind,result}     counter: kind update, state or leave; result published, relayed (sent), applied, stale, malformed, future (received)
 //
 // # Logs
 //

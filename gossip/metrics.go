@@ -19,6 +19,7 @@ const (
 	resultApplied   = "applied"   // received, and newer than what this node had
 	resultStale     = "stale"     // received, nothing newer in it
 	resultMalformed = "malformed" // received, undecodable, dropped
+	resultFuture    = "future"    // received, with a record versioned too far ahead (refused)
 )
 
 // metrics are a Node's collectors. A nil *metrics (no registerer) records
@@ -51,7 +52,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 		}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "godwit_gossip_messages_total",
-			Help: "Gossip messages by kind (update, state, leave) and result: published (own record queued), relayed (newer remote record re-queued), applied, stale, malformed (received).",
+			Help: "Gossip messages by kind (update, state, leave) and result: published (own record queued), relayed (newer remote record re-queued), applied, stale, malformed (received), future (received with a record versioned more than MaxClockSkew ahead, refused).",
 		}, []string{"kind", "result"}),
 	}
 	m.propagation = register(reg, m.propagation)

@@ -47,6 +47,7 @@ type Node struct {
 	leaving       map[string]leaveIntent // by member name
 	lastBandFlush time.Time
 	bandDue       time.Time // when the pending band flush is due; zero: none
+	lastSkewLog   time.Time // when a refused future record was last logged
 
 	life   sync.Mutex // serializes Leave and Shutdown
 	closed bool
@@ -296,8 +297,17 @@ func (n *Node) merge(recs []Record, kind string, relay bool) {
 	now := time.Now()
 	var applied, pub []Record
 	var changed bool
+	var future *Record // the first record refused as too far ahead
+	var futureBy time.Duration
+	logFuture := false
 	n.mu.Lock()
 	for _, r := range recs {
+		if d := ahead(r, now); d > 0 {
+			if future == nil {
+				future, futureBy = &r, d+MaxClockSkew
+			}
+			continue
+		}
 		newer, ch, answer := n.tab.apply(r, now)
 		if newer {
 			applied = append(applied, r)
@@ -305,8 +315,18 @@ func (n *Node) merge(recs []Record, kind string, relay bool) {
 		changed = changed || ch
 		pub = append(pub, answer...)
 	}
+	if future != nil && now.Sub(n.lastSkewLog) >= time.Minute {
+		n.lastSkewLog, logFuture = now, true
+	}
 	n.mu.Unlock()
 
+	if future != nil {
+		n.met.message(kind, resultFuture)
+		if logFuture {
+			n.log.Warn("gossip: machine record refused: it claims a version further ahead of this node's clock than max_skew (the owner's clock is out of sync: check NTP; or the record is forged); at most one such warning a minute",
+				"owner", future.Owner, "machine", future.ID, "ahead", futureBy.Round(time.Millisecond), "max_skew", MaxClockSkew)
+		}
+	}
 	result := resultStale
 	if len(applied) > 0 {
 		result = resultApplied

@@ -45,9 +45,12 @@ func FuzzNodeReceive(f *testing.F) {
 		// Copies of this node's own records: a stale one, a newer one,
 		// one it does not publish, a tombstone of one it does.
 		encodeRecords(kindUpdate, []Record{{ID: "a1", Owner: "edge-a", Version: 1}}),
-		encodeRecords(kindUpdate, []Record{{ID: "a1", Owner: "edge-a", App: "evil", Version: v + 1<<40, Updated: now}}),
-		encodeRecords(kindState, []Record{{ID: "zz", Owner: "edge-a", State: "started", Version: v + 1<<40, Updated: now}}),
-		encodeRecords(kindState, []Record{{ID: "a2", Owner: "edge-a", Deleted: true, Version: v + 1<<40, Updated: now}}),
+		encodeRecords(kindUpdate, []Record{{ID: "a1", Owner: "edge-a", App: "evil", Version: v + 1<<37, Updated: now}}),
+		encodeRecords(kindState, []Record{{ID: "zz", Owner: "edge-a", State: "started", Version: v + 1<<37, Updated: now}}),
+		encodeRecords(kindState, []Record{{ID: "a2", Owner: "edge-a", Deleted: true, Version: v + 1<<37, Updated: now}}),
+		// Versions and times beyond MaxClockSkew (refused).
+		encodeRecords(kindUpdate, []Record{{ID: "a1", Owner: "edge-a", Version: 1<<64 - 1, Updated: now}}),
+		encodeRecords(kindUpdate, []Record{{ID: "b1", Owner: "edge-b", Version: v + 1, Updated: now.Add(time.Hour)}}),
 		// An expired tombstone, and leave intents of a live, a dead and
 		// an unknown member and of this node.
 		encodeRecords(kindUpdate, []Record{{ID: "b1", Owner: "edge-b", Deleted: true, Version: v + 5, Updated: now.Add(-time.Hour)}}),

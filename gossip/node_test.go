@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
@@ -361,4 +364,53 @@ func TestEncryption(t *testing.T) {
 	if s := logs.String(); !strings.Contains(s, "level=WARN") || !strings.Contains(s, "NOT encrypted") {
 		t.Errorf("unencrypted node's log has no warning:\n%s", s)
 	}
+}
+
+// TestForgedFutureVersion: a copy of a machine record forged (or corrupted)
+// with a version near 2^64, sent to a peer and to the owner itself, is
+// refused and counted, and the owner's next change still reaches the
+// peer: one bad message cannot freeze a machine's state in the fleet.
+func TestForgedFutureVersion(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	logs := &syncBuffer{}
+	a := start(t, loopback("edge-a", "iad"))
+	bcfg := loopback("edge-b", "fra", a.Addr())
+	bcfg.Registerer, bcfg.Log = reg, slogTo(logs)
+	b := start(t, bcfg)
+	waitMembers(t, []*Node{a, b}, 10*time.Second)
+
+	a.SetLocal([]Record{machine("m1")})
+	eventually(t, 5*time.Second, "edge-b gets m1", func() error {
+		if _, ok := remoteRecord(b, "edge-a", "m1"); !ok {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	cur, _ := remoteRecord(b, "edge-a", "m1")
+	forged := cur
+	forged.Version, forged.State, forged.Healthy = math.MaxUint64, "stopped", false
+	(&delegate{b}).NotifyMsg(encodeRecords(kindUpdate, []Record{forged}))
+	(&delegate{b}).MergeRemoteState(encodeRecords(kindState, []Record{forged}), false)
+	(&delegate{a}).NotifyMsg(encodeRecords(kindUpdate, []Record{forged}))
+	if r, _ := remoteRecord(b, "edge-a", "m1"); r.Version != cur.Version || r.State != "started" {
+		t.Fatalf("edge-b after the forged copy: m1 = %+v, want version %d started", r, cur.Version)
+	}
+	future := testutil.ToFloat64(b.met.messages.WithLabelValues(kindLabelUpdate, resultFuture)) +
+		testutil.ToFloat64(b.met.messages.WithLabelValues(kindLabelState, resultFuture))
+	if future != 2 {
+		t.Errorf(`godwit_gossip_messages_total{result="future"} = %v, want 2`, future)
+	}
+	if out := logs.String(); strings.Count(out, "machine record refused") != 1 || !strings.Contains(out, "owner=edge-a") {
+		t.Errorf("edge-b's log: want one warning naming the owner, got:\n%s", out)
+	}
+
+	m1 := machine("m1")
+	m1.State = "stopped"
+	a.SetLocal([]Record{m1})
+	eventually(t, 5*time.Second, "edge-b gets m1 stopped", func() error {
+		if r, _ := remoteRecord(b, "edge-a", "m1"); r.State != "stopped" || r.Version >= math.MaxUint64/2 {
+			return fmt.Errorf("m1 is %+v", r)
+		}
+		return nil
+	})
 }

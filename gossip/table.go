@@ -75,6 +75,9 @@ func tombstone(r Record) Record {
 //     the first SetLocal it is adopted as published; after, the node
 //     answers with a newer version of what it wants (the record, or a
 //     tombstone).
+//   - A copy claiming a Version or Updated time more than MaxClockSkew
+//     ahead of now is refused before any other rule (it would otherwise
+//     pin the record, or this node's own clock, at that version).
 type table struct {
 	self     string
 	ttl      time.Duration // DeadOwnerTTL
@@ -140,6 +143,26 @@ func (t *table) publish(r Record, now time.Time) Record {
 	r.Reachable = false
 	t.own[r.ID] = stored{r, now}
 	return r
+}
+
+// MaxClockSkew is how far ahead of a receiver's clock a record's Version
+// (and Updated time) may be. Versions come from the owner's wall clock, so
+// between nodes kept in time by NTP they are seconds apart at most. A copy
+// further ahead is refused: without this bound one forged or corrupt copy
+// claiming a version near 2^64 would pin the record there for good (the
+// owner could never publish a newer one); with it, the owner's clock
+// catches up within MaxClockSkew and its answer supersedes the copy.
+const MaxClockSkew = 5 * time.Minute
+
+// ahead reports how far r claims to be ahead of now plus MaxClockSkew: a
+// positive result means r is refused (see MaxClockSkew).
+func ahead(r Record, now time.Time) time.Duration {
+	limit := now.Add(MaxClockSkew)
+	d := r.Updated.Sub(limit)
+	if lim := limit.UnixNano(); lim > 0 && r.Version > uint64(lim) {
+		d = max(d, time.Duration(min(r.Version-uint64(lim), math.MaxInt64)))
+	}
+	return d
 }
 
 // expired reports whether r is a tombstone past its lifetime.
@@ -208,6 +231,9 @@ func (t *table) flushBands(now time.Time) []Record {
 // node must publish in answer (only for its own records).
 func (t *table) apply(r Record, now time.Time) (newer, changed bool, pub []Record) {
 	r.Reachable = false
+	if ahead(r, now) > 0 {
+		return false, false, nil
+	}
 	if r.Owner == t.self {
 		return false, false, t.applyOwn(r, now)
 	}

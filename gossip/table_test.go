@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -149,7 +150,7 @@ func TestTableTombstoneExpiry(t *testing.T) {
 // wants.
 func TestTableOwnRecords(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	old := rec("self", "m", uint64(t0.Add(time.Hour).UnixNano()), t0) // previous run, clock ahead
+	old := rec("self", "m", uint64(t0.Add(2*time.Minute).UnixNano()), t0) // previous run, clock ahead
 
 	tab := newTable("self", time.Minute)
 	if newer, _, pub := tab.apply(old, t0); newer || len(pub) != 0 {
@@ -194,5 +195,52 @@ func TestTableTickMonotonic(t *testing.T) {
 			t.Fatalf("tick %d = %d after %d", i, v, prev)
 		}
 		prev = v
+	}
+}
+
+// TestTableFutureRefused checks the MaxClockSkew bound: a copy claiming a
+// version or time further ahead is refused, so it can neither pin another
+// owner's record nor this node's clock; within the bound it is a copy like
+// any other.
+func TestTableFutureRefused(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	v := uint64(now.UnixNano())
+	tab := newTable("self", time.Minute)
+	tab.memberUp("o")
+	if newer, _, _ := tab.apply(rec("o", "m", v, now), now); !newer {
+		t.Fatal("the first copy was not stored")
+	}
+	skew := uint64(MaxClockSkew)
+	for _, c := range []struct {
+		name string
+		r    Record
+	}{
+		{"version at 2^64-1", rec("o", "m", math.MaxUint64, now)},
+		{"version just past the bound", rec("o", "m", v+skew+1, now)},
+		{"Updated past the bound", rec("o", "m", v+1, now.Add(MaxClockSkew+time.Second))},
+	} {
+		if newer, changed, pub := tab.apply(c.r, now); newer || changed || len(pub) != 0 {
+			t.Errorf("%s: newer %v, changed %v, published %v; want refused", c.name, newer, changed, pub)
+		}
+		if got := tab.owners["o"].recs["m"].rec.Version; got != v {
+			t.Errorf("%s: stored version %d, want %d (unchanged)", c.name, got, v)
+		}
+	}
+	// The owner's next change still wins.
+	if newer, _, _ := tab.apply(rec("o", "m", v+1, now), now); !newer {
+		t.Error("the owner's next version after the refused copies was not stored")
+	}
+	// At the bound a copy is taken.
+	if newer, _, _ := tab.apply(rec("o", "m", v+skew, now), now); !newer {
+		t.Error("a version exactly MaxClockSkew ahead was refused")
+	}
+
+	// A copy of its own record at 2^64-1 leaves this node's clock alone.
+	tab.setLocal([]Record{machine("a")}, now)
+	if _, _, pub := tab.apply(rec("self", "a", math.MaxUint64, now), now); len(pub) != 0 {
+		t.Errorf("own record at 2^64-1 answered with %+v, want refused", pub)
+	}
+	if next := tab.tick(now); next >= v+skew {
+		t.Errorf("clock after the refused copy ticks to %d, want about now (%d)", next, v)
 	}
 }
