@@ -307,6 +307,9 @@ func (s *clientStream) writeBody(cl int64) {
 	bp := bodyBuffers.Get().(*[]byte)
 	defer bodyBuffers.Put(bp)
 	buf := *bp
+	// Trailers are announced in the head, but a body may add unannounced
+	// ones as it ends (as a proxy's body does with its client's): those
+	// are looked for at the end.
 	trailers := len(s.req.Trailer) > 0
 	var sent int64
 	for {
@@ -331,7 +334,7 @@ func (s *clientStream) writeBody(cl int64) {
 				return
 			}
 			switch {
-			case trailers:
+			case trailers || len(s.req.Trailer) > 0:
 				t := appendFields(nil, s.req.Trailer, nil)
 				if err := headSizeError(t); err != nil {
 					s.reset(codeCancel, fmt.Errorf("request trailers: %w", err))

@@ -297,6 +297,10 @@ func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exch
 			reason = "owner unreachable"
 			h.table.MarkOwnerDown(m.Owner, ownerHold)
 			h.log.Warn("owner edge unreachable; holding its machines out of routing", "owner", m.Owner, "hold", ownerHold, "request_id", x.requestID, "err", err)
+		case malformedAttempt(req):
+			w.Header().Set("Connection", "close")
+			h.fail(w, x, CodeAmbiguousFraming, "the request body's framing is invalid", err)
+			return nil, stepAnswered
 		default:
 			// The stream broke after the owner may have sent the request
 			// on: not safe to send again.
@@ -391,6 +395,9 @@ func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwa
 		}
 		req.Header[k] = vv
 	}
+	if te := r.Header["Te"]; len(te) > 0 && teHasTrailers(te) {
+		req.Header["Te"] = []string{"trailers"} // as a direct request keeps it (gRPC)
+	}
 	length := int64(0)
 	if hasBody(r) {
 		length = r.ContentLength
@@ -398,10 +405,21 @@ func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwa
 	req.Header.Set(hdrBackhaul, encodeBackhaul(m.ID, length, fi))
 	req.Header.Set("Godwit-Host", r.Host)
 	if hasBody(r) {
-		req.Body = &attemptBody{r: r.Body}
+		ab := &attemptBody{r: r.Body}
+		req.Body = ab
 		req.ContentLength = r.ContentLength
 		if r.ContentLength < 0 {
 			req.ContentLength = -1
+			// Announce the client's trailers; their values (and those it
+			// did not announce) exist once its body is read to the end,
+			// when attemptBody copies them.
+			req.Trailer = make(http.Header, len(r.Trailer))
+			for k := range r.Trailer {
+				if forwardTrailer(k) {
+					req.Trailer[k] = nil
+				}
+			}
+			ab.client, ab.trailer = r, req.Trailer
 		}
 	}
 	req.Header.Del("Content-Length")
@@ -418,9 +436,17 @@ func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwa
 // RoundTrip returned; detachBody waits for a Read in progress and fails
 // later ones, so the client's body has one reader when it is rewound for
 // the next attempt. Close leaves the client's body open.
+//
+// It also does for the backhaul what badBodyReader and writeBody do for a
+// machine's connection: it notes a body whose framing failed to parse (the
+// client gets 400 PX01, not a backhaul error), and at the end of a chunked
+// body copies the client's trailers that may be forwarded.
 type attemptBody struct {
-	mu sync.Mutex
-	r  io.Reader // nil once detached
+	mu      sync.Mutex
+	r       io.Reader     // nil once detached
+	client  *http.Request // with a chunked body: its Trailer is read at the end
+	trailer http.Header   // the backhaul request's
+	bad     bool          // the client's body was malformed
 }
 
 var errAttemptOver = errors.New("backhaul attempt over: the request body goes to another machine")
@@ -431,7 +457,30 @@ func (b *attemptBody) Read(p []byte) (int, error) {
 	if b.r == nil {
 		return 0, errAttemptOver
 	}
-	return b.r.Read(p)
+	n, err := b.r.Read(p)
+	switch {
+	case err == io.EOF && b.client != nil:
+		for k, vv := range b.client.Trailer {
+			if forwardTrailer(k) {
+				b.trailer[k] = vv
+			}
+		}
+	case err != nil && malformedBody(err):
+		b.bad = true
+	}
+	return n, err
+}
+
+// malformedAttempt reports whether req's body (an attemptBody) failed
+// because the client's body was malformed.
+func malformedAttempt(req *http.Request) bool {
+	b, ok := req.Body.(*attemptBody)
+	if !ok {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.bad
 }
 
 func (b *attemptBody) Close() error { return nil }

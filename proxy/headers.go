@@ -71,9 +71,13 @@ func dropUnderscored(k string) bool {
 
 // forwardTrailer reports whether the client's trailer field k may reach
 // the machine: none that frames, routes, authenticates or says how to
-// read the body (RFC 9110 6.5.1), nor one dropRequestHeader drops.
+// read the body (RFC 9110 6.5.1), nor one dropRequestHeader drops, nor one
+// whose name is not a token. net/http checks the names of header fields
+// but not of trailer fields, and keeps "X-A : b" as "X-A " (golang/go#34540):
+// written out, that is a field line strict machines refuse and lenient
+// ones read as X-A.
 func forwardTrailer(k string) bool {
-	return httpguts.ValidTrailerHeader(k) && !dropRequestHeader(k) && !dropUnderscored(k)
+	return httpguts.ValidHeaderFieldName(k) && httpguts.ValidTrailerHeader(k) && !dropRequestHeader(k) && !dropUnderscored(k)
 }
 
 // connectionTokens reports whether name is listed in the Connection header,
@@ -214,11 +218,59 @@ func methodExpectsBody(m string) bool { return m == "POST" || m == "PUT" || m ==
 
 // requestTarget is the origin-form target (path and query) for the machine.
 // A client's absolute-form target (GET http://host/p) is reduced to its path.
+// Bytes that RFC 3986 does not allow in a path (non-ASCII, and `"<>\^`{|}`,
+// which net/http lets through) are percent-encoded, so that the machine
+// gets the same target whether the request came to its own edge or over
+// the backhaul (whose URL handling encodes them).
 func requestTarget(r *http.Request) string {
 	if u := r.RequestURI; u != "" && (u[0] == '/' || u == "*") {
-		return u
+		return escapeTargetPath(u)
 	}
 	return r.URL.RequestURI()
+}
+
+// escapeTargetPath percent-encodes the bytes of u's path (up to the first
+// '?') that are not allowed there, leaving valid escapes and the query as
+// they are. It allocates only when there is something to encode.
+func escapeTargetPath(u string) string {
+	end := strings.IndexByte(u, '?')
+	if end < 0 {
+		end = len(u)
+	}
+	i := 0
+	for i < end && pathByteOK(u[i]) {
+		i++
+	}
+	if i == end {
+		return u
+	}
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	b.Grow(len(u) + 16)
+	b.WriteString(u[:i])
+	for ; i < end; i++ {
+		if c := u[i]; pathByteOK(c) {
+			b.WriteByte(c)
+		} else {
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		}
+	}
+	b.WriteString(u[end:])
+	return b.String()
+}
+
+// pathByteOK reports whether c may stand as it is in a request path: the
+// unreserved and sub-delim characters of RFC 3986, ':', '@', '/', '%'
+// (net/http has checked the escapes), and '[' ']', which Go's URL keeps
+// as they are too.
+func pathByteOK(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("-._~!$&'()*+,;=:@/%[]", c) >= 0
 }
 
 func writeHeader(bw *bufio.Writer, k, v string) {
