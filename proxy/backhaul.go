@@ -254,6 +254,12 @@ func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exch
 		h.fail(w, x, CodeUpgradeRejected, "a protocol upgrade with a request body cannot go to a machine of another edge", nil)
 		return nil, stepAnswered
 	}
+	if hasBody(r) {
+		// As in roundTrip: the owner may answer while the body still
+		// streams, and net/http's HTTP/1 server must not then discard
+		// the rest of it under the backhaul's body writer.
+		_ = http.NewResponseController(w).EnableFullDuplex()
+	}
 	var tried []*routing.Machine
 	for attempt := 0; ; attempt++ {
 		m := x.machine
@@ -405,7 +411,7 @@ func (h *Handler) backhaulRequest(r *http.Request, m *routing.Machine, fi *forwa
 	req.Header.Set(hdrBackhaul, encodeBackhaul(m.ID, length, fi))
 	req.Header.Set("Godwit-Host", r.Host)
 	if hasBody(r) {
-		ab := &attemptBody{r: r.Body}
+		ab := &attemptBody{r: r.Body, want: r.ContentLength}
 		req.Body = ab
 		req.ContentLength = r.ContentLength
 		if r.ContentLength < 0 {
@@ -446,6 +452,8 @@ type attemptBody struct {
 	r       io.Reader     // nil once detached
 	client  *http.Request // with a chunked body: its Trailer is read at the end
 	trailer http.Header   // the backhaul request's
+	want    int64         // the body's Content-Length; -1: unknown
+	read    int64         // bytes read so far
 	bad     bool          // the client's body was malformed
 }
 
@@ -458,7 +466,10 @@ func (b *attemptBody) Read(p []byte) (int, error) {
 		return 0, errAttemptOver
 	}
 	n, err := b.r.Read(p)
+	b.read += int64(n)
 	switch {
+	case err == io.EOF && b.want >= 0 && b.read < b.want:
+		b.bad = true // ended cleanly but short (see writeBody)
 	case err == io.EOF && b.client != nil:
 		for k, vv := range b.client.Trailer {
 			if forwardTrailer(k) {

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -384,34 +386,77 @@ func TestEarlyResponse(t *testing.T) {
 
 // TestFullDuplexEcho: a machine that streams its answer while still
 // reading the upload (an echo) gets the whole upload, and the client gets
-// the whole echo, with both directions in flight at once.
+// the whole echo, with both directions in flight at once: over HTTP/1.1
+// and HTTP/2, in large pieces and in small ones (a gRPC-like stream whose
+// messages are far below the edge's write buffer, which must still reach
+// the machine one by one).
 func TestFullDuplexEcho(t *testing.T) {
-	const size = 4 << 20
-	m := startMachine(t, "m1", func(w http.ResponseWriter, r *http.Request) {
-		rc := http.NewResponseController(w)
-		rc.EnableFullDuplex()
-		w.WriteHeader(http.StatusOK)
-		rc.Flush()
-		buf := make([]byte, 16<<10)
-		for {
-			n, err := r.Body.Read(buf)
-			if n > 0 {
-				w.Write(buf[:n])
-				rc.Flush()
-			}
-			if err != nil {
-				return
-			}
-		}
-	}, nil)
+	m := startMachine(t, "m1", duplexEchoMachine, nil)
 	p := startProxy(t, oneApp("", []string{m.addr}))
-	c := newClient(t)
+	h2 := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+	t.Cleanup(h2.CloseIdleConnections)
+	h1, h2c := newClient(t), &http.Client{Transport: h2}
+	h2url := "https://" + p.httpsAddr + "/echo"
+	// Go's HTTP/2 client holds the DATA that completes a declared length
+	// until its body reports EOF, so the HTTP/2 streams declare none.
+	for _, tc := range []struct {
+		name        string
+		c           *http.Client
+		url         string
+		size, piece int
+		declared    bool // Content-Length set; otherwise chunked (HTTP/1) or open-ended
+	}{
+		{"HTTP/1.1, Content-Length, 64 KiB pieces", h1, p.url("/echo"), 4 << 20, 64 << 10, true},
+		{"HTTP/1.1, Content-Length, 100-byte pieces", h1, p.url("/echo"), 100 * 100, 100, true},
+		{"HTTP/1.1, chunked, 100-byte pieces", h1, p.url("/echo"), 100 * 100, 100, false},
+		{"HTTP/2, 64 KiB pieces", h2c, h2url, 4 << 20, 64 << 10, false},
+		{"HTTP/2, 100-byte pieces", h2c, h2url, 100 * 100, 100, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) { fullDuplexEcho(t, tc.c, tc.url, tc.size, tc.piece, tc.declared) })
+	}
+}
 
-	// The client writes the next piece only once the echo of the previous
-	// one came back: the exchange deadlocks unless both directions stream.
+// TestFullDuplexEchoBackhaul is TestFullDuplexEcho's small pieces through
+// two edges: each piece must cross the backhaul and the owner edge alone.
+func TestFullDuplexEchoBackhaul(t *testing.T) {
+	m := startMachine(t, "m-nrt", duplexEchoMachine, nil)
+	owner := startEdge(t, "edge-nrt", "nrt", "", ownedMachine("m-nrt", "nrt", m.addr))
+	front := startEdge(t, "edge-iad", "iad", owner.srv.GossipAddr(), "")
+	routable(t, front, "m-nrt")
+	c := newClient(t)
+	t.Run("Content-Length", func(t *testing.T) { fullDuplexEcho(t, c, front.url("/echo"), 100*100, 100, true) })
+	t.Run("chunked", func(t *testing.T) { fullDuplexEcho(t, c, front.url("/echo"), 100*100, 100, false) })
+}
+
+// duplexEchoMachine streams back what it reads, piece by piece, while reading.
+func duplexEchoMachine(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	rc.EnableFullDuplex()
+	w.WriteHeader(http.StatusOK)
+	rc.Flush()
+	buf := make([]byte, 16<<10)
+	for {
+		n, err := r.Body.Read(buf)
+		if n > 0 {
+			w.Write(buf[:n])
+			rc.Flush()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// fullDuplexEcho sends size bytes to url in pieces, each only once the
+// echo of the previous one came back: the exchange deadlocks unless both
+// directions stream piece by piece.
+func fullDuplexEcho(t *testing.T, c *http.Client, url string, size, pieceSize int, declared bool) {
 	pr, pw := io.Pipe()
-	req := newRequest(t, http.MethodPost, p.url("/echo"), webHost, pr)
-	req.ContentLength = size
+	req := newRequest(t, http.MethodPost, url, webHost, pr)
+	req.ContentLength = -1
+	if declared {
+		req.ContentLength = int64(size)
+	}
 	type answer struct {
 		resp *http.Response
 		err  error
@@ -421,8 +466,8 @@ func TestFullDuplexEcho(t *testing.T) {
 		resp, err := c.Do(req)
 		answers <- answer{resp, err}
 	}()
-	src := &patternReader{n: size}
-	piece := make([]byte, 64<<10)
+	src := &patternReader{n: int64(size)}
+	piece := make([]byte, pieceSize)
 	n, _ := src.Read(piece)
 	if _, err := pw.Write(piece[:n]); err != nil {
 		t.Fatalf("write first piece: %v", err)
@@ -443,9 +488,18 @@ func TestFullDuplexEcho(t *testing.T) {
 	echo := make([]byte, len(piece))
 	total := int64(0)
 	for {
-		if _, err := io.ReadFull(a.resp.Body, echo[:n]); err != nil {
-			pw.CloseWithError(err)
-			t.Fatalf("echo after %d bytes: %v", total, err)
+		echoed := make(chan error, 1)
+		go func() { _, err := io.ReadFull(a.resp.Body, echo[:n]); echoed <- err }()
+		select {
+		case err := <-echoed:
+			if err != nil {
+				pw.CloseWithError(err)
+				t.Fatalf("echo after %d bytes: %v", total, err)
+			}
+		case <-time.After(10 * time.Second):
+			pw.CloseWithError(io.ErrUnexpectedEOF)
+			<-echoed
+			t.Fatalf("no echo of the piece at %d bytes within 10s: it did not reach the machine", total)
 		}
 		h.Write(echo[:n])
 		total += int64(n)
@@ -457,7 +511,7 @@ func TestFullDuplexEcho(t *testing.T) {
 		}
 	}
 	pw.Close()
-	if got, want := fmt.Sprintf("%d %08x", total, h.Sum32()), patternSum(size); got != want {
+	if got, want := fmt.Sprintf("%d %08x", total, h.Sum32()), patternSum(int64(size)); got != want {
 		t.Fatalf("echo: got %s, want %s", got, want)
 	}
 	if rest, err := io.ReadAll(a.resp.Body); err != nil || len(rest) != 0 {
@@ -488,5 +542,44 @@ func TestExpectContinue(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	if want := `hello expect=""`; resp.StatusCode != http.StatusOK || string(b) != want {
 		t.Fatalf("got %d %q, want 200 %q", resp.StatusCode, b, want)
+	}
+}
+
+// TestClientGoneMidUpload: a client that sends part of a body and goes
+// away must not leave the machine waiting for the rest (holding its
+// concurrency slot until some timeout): the machine's request is cut at
+// once, directly and through the owner edge over the backhaul.
+func TestClientGoneMidUpload(t *testing.T) {
+	got := make(chan error, 1)
+	handler := func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err == nil {
+			err = fmt.Errorf("the whole body arrived (%q)", b)
+		}
+		got <- err
+	}
+	m := startMachine(t, "m-nrt", handler, nil)
+	owner := startEdge(t, "edge-nrt", "nrt", "", ownedMachine("m-nrt", "nrt", m.addr))
+	front := startEdge(t, "edge-iad", "iad", owner.srv.GossipAddr(), "")
+	routable(t, front, "m-nrt")
+	for _, tc := range []struct {
+		name string
+		p    *testProxy
+	}{{"direct", owner}, {"over the backhaul", front}} {
+		t.Run(tc.name, func(t *testing.T) {
+			nc := dialProxy(t, tc.p.httpAddr)
+			io.WriteString(nc, "POST /upload HTTP/1.1\r\nHost: "+webHost+"\r\nContent-Length: 1000\r\n\r\nfirst part")
+			eventually(t, 10*time.Second, "the machine has the request", func() bool { return owner.machineStatus(t, "m-nrt").Inflight == 1 })
+			nc.Close()
+			select {
+			case err := <-got:
+				if !errors.Is(err, io.ErrUnexpectedEOF) {
+					t.Errorf("machine's read of the body: got %v, want unexpected EOF", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("machine still waiting for the body 10s after the client went away")
+			}
+			eventually(t, 10*time.Second, "the machine's slot released", func() bool { return owner.machineStatus(t, "m-nrt").Inflight == 0 })
+		})
 	}
 }

@@ -85,6 +85,13 @@ func (h *Handler) localExchange(w http.ResponseWriter, r *http.Request, x *excha
 			h.fail(w, x, CodeAmbiguousFraming, "the request body's framing is invalid", err)
 			return nil, nil, nil, nil, stepAnswered
 		}
+		if c != nil && c.bodyErr != nil {
+			// The client's body broke off (it went away mid-upload): not
+			// the machine's fault, and no one to answer.
+			w.Header().Set("Connection", "close")
+			x.err, x.status = c.bodyErr, 499
+			return nil, nil, nil, nil, stepAnswered
+		}
 		if h.markFailing != nil && isConnReset(err) {
 			h.markFailing(x.machine.ID, err)
 		}

@@ -561,6 +561,16 @@ func (h *Handler) roundTrip(ctx context.Context, w http.ResponseWriter, r *http.
 		// the body's lock and discard what it has not read yet, under
 		// the writer below. (HTTP/2 streams are full duplex already.)
 		_ = http.NewResponseController(w).EnableFullDuplex()
+		if r.ProtoMajor >= 2 {
+			// An HTTP/2 or HTTP/3 stream may open without its DATA, and
+			// some stay open both ways (a gRPC stream where the server
+			// speaks first): the machine gets the head now, not with
+			// the body's first bytes. (An HTTP/1 body follows its head.)
+			if err = c.bw.Flush(); err != nil {
+				unwatch()
+				return nil, nil, nil, err
+			}
+		}
 		bodyDone = make(chan error, 1)
 		go func() { bodyDone <- endOnBodyTimeout(c, writeBody(c, r, fi.chunked)) }()
 	} else if err = c.bw.Flush(); err != nil {
@@ -602,7 +612,7 @@ func writeBody(c *upConn, r *http.Request, chunked bool) error {
 	defer copyBufs.Put(bufp)
 	if chunked {
 		cw := httputil.NewChunkedWriter(c.bw)
-		if _, err := io.CopyBuffer(cw, badBodyReader{c, r.Body}, *bufp); err != nil {
+		if _, err := copyRequestBody(cw, badBodyReader{c, r.Body}, *bufp, c.bw); err != nil {
 			return err
 		}
 		if err := cw.Close(); err != nil {
@@ -619,14 +629,52 @@ func writeBody(c *upConn, r *http.Request, chunked bool) error {
 		c.bw.WriteString("\r\n")
 		return c.bw.Flush()
 	}
-	n, err := io.CopyBuffer(onlyWriter{c.bw}, badBodyReader{c, r.Body}, *bufp)
+	n, err := copyRequestBody(c.bw, badBodyReader{c, r.Body}, *bufp, c.bw)
 	if err != nil {
 		return err
 	}
 	if n != r.ContentLength {
-		return fmt.Errorf("request body was %d bytes, Content-Length said %d: %w", n, r.ContentLength, io.ErrUnexpectedEOF)
+		// The body ended cleanly but short: a malformed HTTP/3 (or
+		// HTTP/2) message whose DATA does not add up to its
+		// content-length (RFC 9114 4.1.2), which quic-go lets through.
+		// The machine must not wait for the rest.
+		err := fmt.Errorf("request body was %d bytes, Content-Length said %d: %w", n, r.ContentLength, io.ErrUnexpectedEOF)
+		c.bodyErr, c.badBody = err, true
+		c.nc.SetDeadline(aLongTimeAgo)
+		return err
 	}
 	return c.bw.Flush()
+}
+
+// copyRequestBody copies src to dst (which writes into bw) and flushes bw
+// whenever a read leaves more to come, so the machine gets each piece of a
+// body as it arrives: a streamed upload, or a gRPC stream whose client
+// waits for an answer before sending on, must not sit in bw until 8 KiB
+// gather. A read that brings the end too (a small body, the last piece)
+// is flushed once, by the caller, with what ends the body.
+func copyRequestBody(dst io.Writer, src io.Reader, buf []byte, bw *bufio.Writer) (int64, error) {
+	var n int64
+	for {
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				return n, werr
+			}
+			if rerr == nil {
+				if werr := bw.Flush(); werr != nil {
+					return n, werr
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
 }
 
 // onlyReader and onlyWriter hide ReadFrom/WriteTo so io.CopyBuffer uses the

@@ -691,11 +691,13 @@ func hexValue(b byte) (byte, bool) {
 }
 
 // badBodyReader reads a client's request body for the machine (and hides
-// WriteTo, as onlyReader does). A body net/http fails to parse (broken
-// chunked framing, a bad trailer) leaves the machine with an incomplete
-// request: the reader marks c and ends its exchange at once, so that the
-// machine sees the request cut short instead of waiting for the rest of
-// it, and the client gets 400 PX01 rather than the machine's timeout.
+// WriteTo, as onlyReader does). A body that fails, whatever the reason (a
+// client gone mid-upload, broken chunked framing, a bad trailer, a stall)
+// leaves the machine with a request that cannot be completed: the reader
+// notes why in c and ends its exchange at once, so that the machine sees
+// the request cut short instead of waiting for the rest of it (and holding
+// its concurrency slot) until a timeout. A body net/http failed to parse
+// also marks c bad: the client gets 400 PX01.
 type badBodyReader struct {
 	c *upConn
 	r io.Reader
@@ -703,8 +705,9 @@ type badBodyReader struct {
 
 func (b badBodyReader) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
-	if err != nil && malformedBody(err) {
-		b.c.badBody = true
+	if err != nil && err != io.EOF {
+		b.c.bodyErr = err
+		b.c.badBody = malformedBody(err)
 		b.c.nc.SetDeadline(aLongTimeAgo)
 	}
 	return n, err

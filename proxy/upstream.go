@@ -37,8 +37,10 @@ type upConn struct {
 	br    *bufio.Reader
 	bw    *bufio.Writer
 	since time.Time // when it went idle
-	// badBody: the client's request body being written was malformed
-	// (badBodyReader). Set by the body writer, read once it has ended.
+	// bodyErr: reading the client's request body being written failed,
+	// and badBody: because it was malformed (badBodyReader). Set by the
+	// body writer, read once it has ended.
+	bodyErr error
 	badBody bool
 
 	peekFn  func(fd uintptr) bool // c.peek, bound once so a check allocates nothing
