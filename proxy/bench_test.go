@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -149,4 +151,70 @@ address = %q
 			}
 		})
 	}
+}
+
+// BenchmarkPost measures one POST with a 64-byte body through the proxy,
+// in process, on one kept-alive client connection: HTTP/1.1 with
+// Content-Length, HTTP/1.1 chunked, and HTTP/2 over TLS. It prices how
+// request bodies are written to the machine (the head, then each piece as
+// it arrives); compare the sub-benchmarks across commits.
+func BenchmarkPost(b *testing.B) {
+	body := "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	m := startMachine(b, "m1", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, n)
+	}, nil)
+	p := startProxy(b, oneApp(`
+    [app.http_service.concurrency]
+    type       = "requests"
+    soft_limit = 1000
+`, []string{m.addr}))
+	raw := func(req string) func(b *testing.B) {
+		return func(b *testing.B) {
+			nc, err := net.Dial("tcp", p.httpAddr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer nc.Close()
+			br := bufio.NewReader(nc)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := io.WriteString(nc, req); err != nil {
+					b.Fatal(err)
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				got, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || string(got) != "64" {
+					b.Fatalf("got %d %q, want 200 \"64\"", resp.StatusCode, got)
+				}
+			}
+		}
+	}
+	head := "POST / HTTP/1.1\r\nHost: " + webHost + "\r\n"
+	b.Run("http1-length", raw(head+"Content-Length: 64\r\n\r\n"+body))
+	b.Run("http1-chunked", raw(head+"Transfer-Encoding: chunked\r\n\r\n40\r\n"+body+"\r\n0\r\n\r\n"))
+	b.Run("h2", func(b *testing.B) {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+		defer tr.CloseIdleConnections()
+		c := &http.Client{Transport: tr}
+		url := "https://" + p.httpsAddr + "/"
+		b.ReportAllocs()
+		for b.Loop() {
+			req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+			req.Host = webHost
+			resp, err := c.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || resp.ProtoMajor != 2 || string(got) != "64" {
+				b.Fatalf("got %d %s %q, want 200 over HTTP/2 \"64\"", resp.StatusCode, resp.Proto, got)
+			}
+		}
+	})
 }
