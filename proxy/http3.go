@@ -121,7 +121,15 @@ func newEdgeHTTP3(udp *net.UDPConn, tlsConf *tls.Config, pc config.Proxy, lim *c
 		// As the https listener's TLS handshake must end within the
 		// read header timeout, so must QUIC's.
 		HandshakeIdleTimeout: pc.ReadHeaderTimeout,
-		MaxIdleTimeout:       pc.IdleTimeout,
+		// QUIC's idle timeout ends a connection that carried no packet
+		// for that long, requests in flight or not: a long poll whose
+		// answer takes longer than idle_timeout would be cut, as would
+		// the answer to a client that sends no PINGs of its own. So the
+		// edge PINGs (every half of it), and QUIC's timeout only finds
+		// peers that vanished; an idle connection (no request in a
+		// handler for idle_timeout) is closed by h3Idle and http3.
+		MaxIdleTimeout:  pc.IdleTimeout,
+		KeepAlivePeriod: pc.IdleTimeout / 2,
 		// 0-RTT stays off. Early data is replayable: an attacker who
 		// captured a client's first flight can send it again, and the
 		// edge would forward its requests to the machine once more. A
@@ -141,6 +149,7 @@ func newEdgeHTTP3(udp *net.UDPConn, tlsConf *tls.Config, pc config.Proxy, lim *c
 		return nil, err
 	}
 	e.ln = lim.listenQUIC(ln)
+	e.ln.idle = pc.IdleTimeout
 	// quic-go raised the socket's buffers when it started on it above,
 	// and, if it could not, said so once per process on the standard
 	// logger, which godwit's log does not see.
@@ -248,12 +257,14 @@ const h3RefusedReason = "godwit " + string(CodeNodeConnLimit) + ": too many conn
 // ConnContext, puts the slot into the context of the connection's
 // requests, so that they take app slots through it.
 type limitQUICListener struct {
-	ln  *quic.Listener
-	lim *connLimiter
+	ln   *quic.Listener
+	lim  *connLimiter
+	idle time.Duration // proxy.idle_timeout: see h3Idle; 0: none
 
 	mu      sync.Mutex
 	closed  bool                     // by Close: no more slots
 	slots   map[*quic.Conn]*connSlot // of the connections open
+	idles   map[*quic.Conn]*h3Idle   // their idle watches
 	pending sync.WaitGroup           // slots not released yet
 }
 
@@ -262,7 +273,7 @@ func (l *connLimiter) listenQUIC(ln *quic.Listener) *limitQUICListener {
 	if l.listeners["http3"] == nil {
 		panic("proxy: connection limiter: unknown listener http3")
 	}
-	return &limitQUICListener{ln: ln, lim: l, slots: make(map[*quic.Conn]*connSlot)}
+	return &limitQUICListener{ln: ln, lim: l, slots: make(map[*quic.Conn]*connSlot), idles: make(map[*quic.Conn]*h3Idle)}
 }
 
 // Accept returns the next connection within the node's limit.
@@ -293,11 +304,15 @@ func (l *limitQUICListener) admit(c *quic.Conn) bool {
 		return false
 	}
 	l.slots[c] = slot
+	if l.idle > 0 {
+		l.idles[c] = watchH3Idle(c, l.idle)
+	}
 	l.pending.Add(1)
 	l.mu.Unlock()
 	context.AfterFunc(c.Context(), func() {
 		l.mu.Lock()
 		delete(l.slots, c)
+		delete(l.idles, c)
 		l.mu.Unlock()
 		slot.release()
 		l.pending.Done()
@@ -309,10 +324,13 @@ func (l *limitQUICListener) admit(c *quic.Conn) bool {
 // the context of its requests.
 func (l *limitQUICListener) connContext(ctx context.Context, c *quic.Conn) context.Context {
 	l.mu.Lock()
-	slot := l.slots[c]
+	slot, idle := l.slots[c], l.idles[c]
 	l.mu.Unlock()
 	if slot == nil { // c ended already
 		return ctx
+	}
+	if idle != nil {
+		ctx = withH3Idle(ctx, idle)
 	}
 	return withConnSlot(ctx, slot)
 }
@@ -344,6 +362,10 @@ func (e *edgeHTTP3) handler(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		e.inflight.Add(1)
 		defer e.inflight.Add(-1)
+		if idle := h3IdleFrom(r.Context()); idle != nil {
+			idle.begin()
+			defer idle.end()
+		}
 		w := &h3ResponseWriter{ResponseWriter: rw}
 		if r.ContentLength < 0 && !methodExpectsBody(r.Method) && r.Method != http.MethodConnect {
 			pb := probeBody(r.Body, h3BodyProbe)

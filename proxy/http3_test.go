@@ -772,3 +772,69 @@ func TestHTTP3ConnLimitShutdown(t *testing.T) {
 		t.Error("a QUIC connection that ignored GOAWAY: still open 10s after Run returned, want it closed")
 	}
 }
+
+// TestHTTP3SlowHeadersCut: an HTTP/3 client that opens request streams
+// and never finishes their HEADERS frame, while keeping its connection
+// alive with PINGs, has the connection closed after proxy.idle_timeout
+// (quic-go alone would hold it for as long as the client likes); other
+// clients are served meanwhile, and a connection whose request is still
+// being answered is not cut however long that takes (neither by godwit
+// nor by QUIC's idle timeout, for a client that sends no PINGs).
+func TestHTTP3SlowHeadersCut(t *testing.T) {
+	const idle = 700 * time.Millisecond
+	m := startMachine(t, "m1", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			// A long poll: the answer comes after three idle timeouts
+			// without a byte on the connection (simulated work).
+			select {
+			case <-time.After(3 * idle):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		io.WriteString(w, "ok")
+	}, nil)
+	_, addr := startH3Proxy(t, "[proxy]\nidle_timeout = \"700ms\"\n"+oneApp("", []string{m.addr}))
+
+	// A request that outlasts the idle timeout, on a connection of its own.
+	c, _ := newH3Client(t, 0)
+	slow := make(chan result, 1)
+	go func() { slow <- do(c, newRequest(t, http.MethodGet, "https://"+addr+"/slow", webHost, nil)) }()
+
+	// The slowloris: streams with half a HEADERS frame each, PINGs every
+	// 100 ms so that QUIC's own idle timeout never fires.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	qc, err := quic.DialAddr(ctx, addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}},
+		&quic.Config{KeepAlivePeriod: 100 * time.Millisecond, MaxIdleTimeout: time.Minute})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { qc.CloseWithError(0, "") })
+	start := time.Now()
+	for range 10 {
+		str, err := qc.OpenStreamSync(ctx)
+		if err != nil {
+			t.Fatalf("open stream: %v", err)
+		}
+		str.Write([]byte{h3FrameHeaders, 40, 0, 0, 'x'}) // 40 bytes announced, 3 sent
+	}
+	select {
+	case <-qc.Context().Done():
+	case <-time.After(idle + 5*time.Second):
+		t.Fatalf("slowloris connection still open %v after its streams stalled, want closed after idle_timeout (%v)", time.Since(start).Round(time.Millisecond), idle)
+	}
+	if took := time.Since(start); took < idle {
+		t.Errorf("slowloris connection closed after %v, want no sooner than idle_timeout (%v)", took.Round(time.Millisecond), idle)
+	} else {
+		t.Logf("slowloris connection closed after %v", took.Round(time.Millisecond))
+	}
+
+	c2, _ := newH3Client(t, 0)
+	if r := h3Get(t, c2, addr, webHost); r.err != nil || r.status != http.StatusOK || r.body != "ok" {
+		t.Fatalf("another client, after the slowloris: got %d %q (err %v), want 200 \"ok\"", r.status, r.body, r.err)
+	}
+	if r := <-slow; r.err != nil || r.status != http.StatusOK || r.body != "ok" {
+		t.Fatalf("request answered after %v: got %d %q (err %v), want 200 \"ok\" on a connection left open", 3*idle, r.status, r.body, r.err)
+	}
+}
