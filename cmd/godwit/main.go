@@ -168,6 +168,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, ready func
 		// few MiB more memory. GOGC in the environment overrides it.
 		debug.SetGCPercent(400)
 	}
+	setMemoryLimit(log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(cfg, log, reg)
