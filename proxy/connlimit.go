@@ -210,6 +210,7 @@ func (l *connLimiter) takeApp(app string) (*appConns, int64, bool) {
 type connSlot struct {
 	lim      *connLimiter
 	listener *atomic.Int64
+	idle     *h3Idle // an HTTP/3 connection's idle watch; nil otherwise
 
 	mu       sync.Mutex
 	apps     []*appConns // the apps the connection holds a slot of

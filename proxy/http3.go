@@ -264,7 +264,6 @@ type limitQUICListener struct {
 	mu      sync.Mutex
 	closed  bool                     // by Close: no more slots
 	slots   map[*quic.Conn]*connSlot // of the connections open
-	idles   map[*quic.Conn]*h3Idle   // their idle watches
 	pending sync.WaitGroup           // slots not released yet
 }
 
@@ -273,7 +272,7 @@ func (l *connLimiter) listenQUIC(ln *quic.Listener) *limitQUICListener {
 	if l.listeners["http3"] == nil {
 		panic("proxy: connection limiter: unknown listener http3")
 	}
-	return &limitQUICListener{ln: ln, lim: l, slots: make(map[*quic.Conn]*connSlot), idles: make(map[*quic.Conn]*h3Idle)}
+	return &limitQUICListener{ln: ln, lim: l, slots: make(map[*quic.Conn]*connSlot)}
 }
 
 // Accept returns the next connection within the node's limit.
@@ -303,16 +302,15 @@ func (l *limitQUICListener) admit(c *quic.Conn) bool {
 		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), h3RefusedReason)
 		return false
 	}
-	l.slots[c] = slot
 	if l.idle > 0 {
-		l.idles[c] = watchH3Idle(c, l.idle)
+		slot.idle = watchH3Idle(c, l.idle)
 	}
+	l.slots[c] = slot
 	l.pending.Add(1)
 	l.mu.Unlock()
 	context.AfterFunc(c.Context(), func() {
 		l.mu.Lock()
 		delete(l.slots, c)
-		delete(l.idles, c)
 		l.mu.Unlock()
 		slot.release()
 		l.pending.Done()
@@ -324,13 +322,10 @@ func (l *limitQUICListener) admit(c *quic.Conn) bool {
 // the context of its requests.
 func (l *limitQUICListener) connContext(ctx context.Context, c *quic.Conn) context.Context {
 	l.mu.Lock()
-	slot, idle := l.slots[c], l.idles[c]
+	slot := l.slots[c]
 	l.mu.Unlock()
 	if slot == nil { // c ended already
 		return ctx
-	}
-	if idle != nil {
-		ctx = withH3Idle(ctx, idle)
 	}
 	return withConnSlot(ctx, slot)
 }
@@ -362,9 +357,9 @@ func (e *edgeHTTP3) handler(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		e.inflight.Add(1)
 		defer e.inflight.Add(-1)
-		if idle := h3IdleFrom(r.Context()); idle != nil {
-			idle.begin()
-			defer idle.end()
+		if s := connSlotFrom(r.Context()); s != nil && s.idle != nil {
+			s.idle.begin()
+			defer s.idle.end()
 		}
 		w := &h3ResponseWriter{ResponseWriter: rw}
 		if r.ContentLength < 0 && !methodExpectsBody(r.Method) && r.Method != http.MethodConnect {

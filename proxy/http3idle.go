@@ -69,14 +69,3 @@ func (w *h3Idle) end() {
 	}
 	w.mu.Unlock()
 }
-
-type h3IdleKey struct{}
-
-func withH3Idle(ctx context.Context, w *h3Idle) context.Context {
-	return context.WithValue(ctx, h3IdleKey{}, w)
-}
-
-func h3IdleFrom(ctx context.Context) *h3Idle {
-	w, _ := ctx.Value(h3IdleKey{}).(*h3Idle)
-	return w
-}

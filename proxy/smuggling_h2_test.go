@@ -117,9 +117,7 @@ func TestSmugglingH2(t *testing.T) {
 			rejected++
 		}
 		t.Run(tc.name, func(t *testing.T) {
-			skipRecords(t, &consumed, m.accepts.Load(), records)
-			before := m.accepts.Load()
-			reset, status, code := h2Exchange(t, p.httpsAddr, tc)
+			reset, status, code := exchangeOnce(t, m, &consumed, records, tc, func() (bool, int, string) { return h2Exchange(t, p.httpsAddr, tc) })
 			switch {
 			case tc.either:
 			case tc.reset && !reset:
@@ -129,16 +127,27 @@ func TestSmugglingH2(t *testing.T) {
 			case !tc.reset && (status != tc.status || tc.code != "" && code != string(tc.code)):
 				t.Errorf("got status %d %q, want %d %q", status, code, tc.status, tc.code)
 			}
-			n := m.accepts.Load() - before
-			consumed += n
-			sc := smuggleCase{incomplete: tc.up == nil || tc.either && reset}
-			if !sc.incomplete {
-				sc.up = []smuggleUp{*tc.up}
-			}
-			checkUpstream(t, sc, n, records)
 		})
 	}
 	t.Logf("%d HTTP/2 cases: %d rejected, %d normalized and forwarded", len(cases), rejected, forwarded)
+}
+
+// exchangeOnce runs exchange, which sends tc to the edge, and checks what
+// machine m got meanwhile: tc.up, or no complete request when tc expects
+// none or the edge refused it. It returns what exchange saw.
+func exchangeOnce(t *testing.T, m *rawMachine, consumed *int64, records <-chan upstreamRecord, tc h2Case, exchange func() (reset bool, status int, code string)) (reset bool, status int, code string) {
+	t.Helper()
+	skipRecords(t, consumed, m.accepts.Load(), records)
+	before := m.accepts.Load()
+	reset, status, code = exchange()
+	n := m.accepts.Load() - before
+	*consumed += n
+	sc := smuggleCase{incomplete: tc.up == nil || tc.either && (reset || status >= 400)}
+	if !sc.incomplete {
+		sc.up = []smuggleUp{*tc.up}
+	}
+	checkUpstream(t, sc, n, records)
+	return reset, status, code
 }
 
 // h2Exchange sends tc on a new HTTP/2 connection over TLS and reports
