@@ -210,17 +210,22 @@ func h2Exchange(t *testing.T, addr string, tc h2Case) (reset bool, status int, c
 			}
 			var st int
 			for _, hf := range f.Fields {
-				switch hf.Name {
-				case ":status":
-					st = atoiOr(hf.Value)
-				case "godwit-error":
-					code = hf.Value
-				}
+				responseField(hf.Name, hf.Value, &st, &code)
 			}
 			if st >= 200 {
 				return false, st, code
 			}
 		}
+	}
+}
+
+// responseField notes a response's :status and Godwit-Error fields.
+func responseField(name, value string, status *int, code *string) {
+	switch name {
+	case ":status":
+		*status = atoiOr(value)
+	case "godwit-error":
+		*code = value
 	}
 }
 

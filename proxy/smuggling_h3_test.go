@@ -146,12 +146,7 @@ func h3Exchange(t *testing.T, addr string, tc h2Case) (reset bool, status int, c
 						if derr != nil {
 							break
 						}
-						switch hf.Name {
-						case ":status":
-							st = atoiOr(hf.Value)
-						case "godwit-error":
-							code = hf.Value
-						}
+						responseField(hf.Name, hf.Value, &st, &code)
 					}
 					if st >= 200 {
 						return false, st, code
