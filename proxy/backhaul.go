@@ -296,8 +296,13 @@ func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exch
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 			resp.Body.Close()
 			h.applyRefusal(m, reason)
+		case x.slowBody.timedOut():
+			// The stalled body ended the request's context too (HTTP/1):
+			// the client is there, and gets 408 PL07.
+			h.fail(w, x, CodeBodyReadTimeout, "", err)
+			return nil, stepAnswered
 		case ctx.Err() != nil:
-			x.err, x.status = ctx.Err(), 499
+			x.err, x.status, x.abort = ctx.Err(), 499, true
 			return nil, stepAnswered
 		case errors.Is(err, ErrOwnerUnreachable):
 			reason = "owner unreachable"

@@ -77,7 +77,7 @@ func (h *Handler) localExchange(w http.ResponseWriter, r *http.Request, x *excha
 		}
 		if ctx.Err() != nil {
 			x.err = ctx.Err()
-			x.status = 499 // client closed request (nginx's convention, logs only)
+			x.status, x.abort = 499, true // client closed request (nginx's convention, logs only)
 			return nil, nil, nil, nil, stepAnswered
 		}
 		if c != nil && c.badBody { // known once the body writer has ended
@@ -89,7 +89,7 @@ func (h *Handler) localExchange(w http.ResponseWriter, r *http.Request, x *excha
 			// The client's body broke off (it went away mid-upload): not
 			// the machine's fault, and no one to answer.
 			w.Header().Set("Connection", "close")
-			x.err, x.status = c.bodyErr, 499
+			x.err, x.status, x.abort = c.bodyErr, 499, true
 			return nil, nil, nil, nil, stepAnswered
 		}
 		if h.markFailing != nil && isConnReset(err) {
@@ -117,7 +117,7 @@ func (h *Handler) unreachable(w http.ResponseWriter, r *http.Request, x *exchang
 	}
 	if r.Context().Err() != nil {
 		x.err = r.Context().Err()
-		x.status = 499
+		x.status, x.abort = 499, true
 		return stepAnswered
 	}
 	h.fail(w, x, code, err.Error(), err)

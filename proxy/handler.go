@@ -105,6 +105,10 @@ type exchange struct {
 	wakeRemote  bool          // the picked machine is another edge's, stopped: its owner may wake it
 	err         error
 	tunnelled   bool // counted by Handler.tunnels until finished
+	// abort: the client went away before any answer was written (status
+	// 499). serve aborts the handler then, so that net/http does not
+	// write an empty 200 of its own to a client that may still read.
+	abort bool
 
 	// tunnelIn is, on an owner, the backhaul request body of an upgrade:
 	// the client's side of the tunnel once the machine switches protocols.
@@ -127,6 +131,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 		w.Header()[hdrAltSvc] = li.altSvc
 	}
 	defer h.finish(r, &x)
+	defer func() {
+		if x.abort {
+			panic(http.ErrAbortHandler) // finish still runs
+		}
+	}()
 
 	// Both framings at once is how requests get smuggled (RFC 9112 6.3):
 	// refuse rather than guess which one the machine would believe, and

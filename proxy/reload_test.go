@@ -278,11 +278,7 @@ command = [%q]
 		reloaded <- err
 	}()
 	eventually(t, 5*time.Second, "m1 draining", func() bool { return m.State().String() == "stopping" })
-	resp, err := http.Post("http://"+addr1+"/release", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	releaseHeld(t, addr1, 1)
 	if r := <-held; r.status != 200 {
 		t.Errorf("request in flight on the removed machine: %d %q, want its answer", r.status, r.body)
 	}

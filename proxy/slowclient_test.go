@@ -132,44 +132,63 @@ func (sm *slowBodyMachine) bodyErrs() []error {
 	return append([]error(nil), sm.errs...)
 }
 
+// slowBodyCut sends a request body to p, 8 KiB at once and then a byte a
+// second, and checks that the client gets 408 PL07 after p's
+// body_read_timeout (800 ms) and a closed connection, and that machine
+// m's read of the body is cut short and its request ended (inflight, the
+// edge's count of requests at m, back to 0).
+func slowBodyCut(t *testing.T, p *testProxy, m *slowBodyMachine, inflight func() int) {
+	t.Helper()
+	c := dialRaw(t, p.httpAddr)
+	start := time.Now()
+	fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s", webHost, 16<<10, strings.Repeat("x", 8<<10))
+	stop, wait := trickle(c, "x", time.Second)
+	defer wait()
+	defer stop()
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatalf("read response: got error %v, want 408 %s", err, CodeBodyReadTimeout)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(start)
+	if resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get(HeaderError) != string(CodeBodyReadTimeout) {
+		t.Fatalf("got %d %s %q, want 408 %s", resp.StatusCode, resp.Header.Get(HeaderError), body, CodeBodyReadTimeout)
+	}
+	if took < 800*time.Millisecond || took > 5*time.Second {
+		t.Errorf("answered after %v, want about body_read_timeout (800ms) after the last byte", took)
+	}
+	if !resp.Close {
+		t.Error("408 without Connection: close, want it")
+	}
+	wantClosed(t, c.br)
+	stop()
+	eventually(t, 10*time.Second, "the machine's request ended", func() bool {
+		return m.inflight.Load() == 0 && inflight() == 0 && len(m.bodyErrs()) == 1
+	})
+	if err := m.bodyErrs()[0]; err == nil {
+		t.Error("the machine read the whole body, want its read cut short")
+	}
+}
+
+// TestSlowBodyCutBackhaul: the same stalled body sent to an edge that
+// passes it over the backhaul to the machine's owner edge.
+func TestSlowBodyCutBackhaul(t *testing.T) {
+	m := startSlowBodyMachine(t)
+	owner := startEdge(t, "edge-nrt", "nrt", "", ownedMachine("m1", "nrt", m.addr))
+	front := startEdge(t, "edge-iad", "iad", owner.srv.GossipAddr(), "[proxy]\nbody_read_timeout = \"800ms\"\n")
+	routable(t, front, "m1")
+	slowBodyCut(t, front, m, owner.srv.Table().Machine("m1").Inflight)
+	wantMetric(t, front, `godwit_client_timeouts_total{kind="body_read"}`, 1)
+}
+
 func TestSlowBodyCut(t *testing.T) {
 	m := startSlowBodyMachine(t)
 	p := startProxy(t, "[proxy]\nbody_read_timeout = \"800ms\"\n"+oneApp("", []string{m.addr}))
 	machine := p.srv.Table().Machine("m1")
 
 	t.Run("a byte per second", func(t *testing.T) {
-		c := dialRaw(t, p.httpAddr)
-		start := time.Now()
-		// 8 KiB at once, more than the proxy buffers before the machine
-		// sees the request, then a byte a second.
-		fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s", webHost, 16<<10, strings.Repeat("x", 8<<10))
-		stop, wait := trickle(c, "x", time.Second)
-		defer wait()
-		defer stop()
-		resp, err := http.ReadResponse(c.br, nil)
-		if err != nil {
-			t.Fatalf("read response: got error %v, want 408 %s", err, CodeBodyReadTimeout)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		took := time.Since(start)
-		if resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get(HeaderError) != string(CodeBodyReadTimeout) {
-			t.Fatalf("got %d %s %q, want 408 %s", resp.StatusCode, resp.Header.Get(HeaderError), body, CodeBodyReadTimeout)
-		}
-		if took < 800*time.Millisecond || took > 5*time.Second {
-			t.Errorf("answered after %v, want about body_read_timeout (800ms) after the last byte", took)
-		}
-		if !resp.Close {
-			t.Error("408 without Connection: close, want it")
-		}
-		wantClosed(t, c.br)
-		stop()
-		eventually(t, 10*time.Second, "the machine's request ended", func() bool {
-			return m.inflight.Load() == 0 && machine.Inflight() == 0 && len(m.bodyErrs()) == 1
-		})
-		if err := m.bodyErrs()[0]; err == nil {
-			t.Error("the machine read the whole body, want its read cut short")
-		}
+		slowBodyCut(t, p, m, machine.Inflight)
 		wantMetric(t, p, `godwit_client_timeouts_total{kind="body_read"}`, 1)
 	})
 

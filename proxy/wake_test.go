@@ -25,6 +25,27 @@ func buildTestApp(t *testing.T) string {
 	return bin
 }
 
+// releaseHeld waits until the test machine at addr holds n GET /hold
+// requests, then releases them (POST /release lets go only of those
+// already held).
+func releaseHeld(t *testing.T, addr string, n int) {
+	t.Helper()
+	eventually(t, 10*time.Second, fmt.Sprintf("%d requests held at %s", n, addr), func() bool {
+		resp, err := http.Get("http://" + addr + "/held")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.TrimSpace(string(b)) == fmt.Sprint(n)
+	})
+	resp, err := http.Post("http://"+addr+"/release", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+}
+
 // wakeConfig is an app "web" with one stopped machine m1 that godwit runs
 // as a process (the exec driver) with args.
 func wakeConfig(addr, extraApp string, args ...string) string {
@@ -348,11 +369,7 @@ command = [%q]
 		t.Fatalf("a held request was answered (%d %q) before its release", r.status, r.body)
 	default:
 	}
-	resp, err := http.Post("http://"+addr1+"/release", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	releaseHeld(t, addr1, 2)
 	for range 2 {
 		r := <-held
 		if r.status != 200 || r.body != pid1.body || r.header.Get(hdrWoke) != "" {
@@ -393,11 +410,7 @@ func TestStopDrainsInFlight(t *testing.T) {
 		t.Fatalf("stop returned %d with %d requests still in flight", code, n)
 	default:
 	}
-	resp, err := http.Post("http://"+addr+"/release", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	releaseHeld(t, addr, n)
 	for range n {
 		if r := <-held; r.status != 200 {
 			t.Errorf("request in flight during the stop: %d %q, want the machine's answer", r.status, r.body)

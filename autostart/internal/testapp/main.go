@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -82,11 +83,19 @@ func main() {
 	// GET /hold answers (its pid) once POST /release is called, or when
 	// the client goes away: a request held in flight for as long as a
 	// test needs, with no sleep.
+	// GET /held says how many are held now: a test releases them once all
+	// have arrived (release lets go of those held, not of later ones).
 	var (
 		gateMu sync.Mutex
 		gate   = make(chan struct{})
+		held   atomic.Int64
 	)
+	mux.HandleFunc("GET /held", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, held.Load())
+	})
 	mux.HandleFunc("GET /hold", func(w http.ResponseWriter, r *http.Request) {
+		held.Add(1)
+		defer held.Add(-1)
 		gateMu.Lock()
 		g := gate
 		gateMu.Unlock()
