@@ -219,7 +219,7 @@ func TestStalledReaderCut(t *testing.T) {
 			writeErrs.Add(1)
 		}
 	}, nil)
-	p := startProxy(t, "[proxy]\nbody_write_timeout = \"500ms\"\n"+oneApp("", []string{m.addr}))
+	p, h3addr := startH3Proxy(t, "[proxy]\nbody_write_timeout = \"500ms\"\n"+oneApp("", []string{m.addr}))
 	machine := p.srv.Table().Machine("m1")
 
 	for i, tc := range []struct {
@@ -248,6 +248,17 @@ func TestStalledReaderCut(t *testing.T) {
 			}
 			if resp.ProtoMajor != 2 {
 				t.Fatalf("got %s, want HTTP/2", resp.Proto)
+			}
+			return resp.Body, nil
+		}},
+		{"h3", func(t *testing.T) (io.ReadCloser, error) {
+			_, tr := newH3Client(t, 0)
+			resp, err := tr.RoundTrip(newRequest(t, http.MethodGet, "https://"+h3addr+"/big", webHost, nil))
+			if err != nil {
+				return nil, err
+			}
+			if resp.ProtoMajor != 3 {
+				t.Fatalf("got %s, want HTTP/3", resp.Proto)
 			}
 			return resp.Body, nil
 		}},
