@@ -601,3 +601,68 @@ func TestClientGoneMidUpload(t *testing.T) {
 		})
 	}
 }
+
+// TestServerSpeaksFirst: a stream whose machine answers before the client
+// sends any of its body (a gRPC stream where the server speaks first)
+// works over HTTP/2, directly and through a second edge: the request
+// head must reach the machine before any body does.
+func TestServerSpeaksFirst(t *testing.T) {
+	m := startMachine(t, "m-nrt", func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		rc.EnableFullDuplex()
+		io.WriteString(w, "hello\n")
+		rc.Flush()
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "got %s\n", b)
+	}, nil)
+	owner := startEdge(t, "edge-nrt", "nrt", "", ownedMachine("m-nrt", "nrt", m.addr))
+	front := startEdge(t, "edge-iad", "iad", owner.srv.GossipAddr(), "")
+	routable(t, front, "m-nrt")
+	h2c := &http.Transport{Protocols: new(http.Protocols)} // prior knowledge, on the http listener
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	t.Cleanup(h2c.CloseIdleConnections)
+	for _, tc := range []struct {
+		name string
+		c    *http.Client
+		url  string
+	}{
+		{"HTTP/2, direct", &http.Client{Transport: h2c}, owner.url("/stream")},
+		{"HTTP/2, through the backhaul", &http.Client{Transport: h2c}, front.url("/stream")},
+		{"HTTP/1.1 chunked, through the backhaul", newClient(t), front.url("/stream")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pr, pw := io.Pipe()
+			defer pw.Close()
+			req := newRequest(t, http.MethodPost, tc.url, webHost, pr)
+			req.ContentLength = -1
+			answered := make(chan *http.Response, 1)
+			failed := make(chan error, 1)
+			go func() {
+				resp, err := tc.c.Do(req)
+				if err != nil {
+					failed <- err
+					return
+				}
+				answered <- resp
+			}()
+			var resp *http.Response
+			select {
+			case resp = <-answered:
+			case err := <-failed:
+				t.Fatalf("POST: %v", err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("no answer within 10s to a stream whose machine speaks first")
+			}
+			defer resp.Body.Close()
+			br := bufio.NewReader(resp.Body)
+			if line, err := br.ReadString('\n'); err != nil || line != "hello\n" {
+				t.Fatalf("first line: %q (err %v), want the machine's hello", line, err)
+			}
+			io.WriteString(pw, "ping")
+			pw.Close()
+			if line, err := br.ReadString('\n'); err != nil || line != "got ping\n" {
+				t.Fatalf("second line: %q (err %v), want the machine's echo of the body", line, err)
+			}
+		})
+	}
+}

@@ -570,11 +570,14 @@ func (h *Handler) roundTrip(ctx context.Context, w http.ResponseWriter, r *http.
 		// the body's lock and discard what it has not read yet, under
 		// the writer below. (HTTP/2 streams are full duplex already.)
 		_ = http.NewResponseController(w).EnableFullDuplex()
-		if r.ProtoMajor >= 2 {
-			// An HTTP/2 or HTTP/3 stream may open without its DATA, and
-			// some stay open both ways (a gRPC stream where the server
-			// speaks first): the machine gets the head now, not with
-			// the body's first bytes. (An HTTP/1 body follows its head.)
+		if r.ProtoMajor >= 2 || r.ContentLength < 0 {
+			// A stream may open without its body, and some stay open
+			// both ways (a gRPC stream where the server speaks first):
+			// the machine gets the head now, not with the body's first
+			// bytes. That is any HTTP/2 or HTTP/3 request, and any of
+			// unknown length (chunked; from the backhaul, whose requests
+			// look like HTTP/1.1). A body of known length over HTTP/1
+			// follows its head.
 			if err = c.bw.Flush(); err != nil {
 				unwatch()
 				return nil, nil, nil, err
