@@ -40,6 +40,7 @@ type Node struct {
 	maxBroadcast int          // largest update that fits a gossip packet
 	alive        atomic.Int32 // live members, this node included
 	left         atomic.Bool
+	ownSkewLog   atomic.Int64 // UnixNano of the last warning that own versions run ahead
 
 	mu            sync.Mutex
 	tab           *table
@@ -255,11 +256,35 @@ func (n *Node) signal() {
 	}
 }
 
+// checkOwnClock logs an error, at most once a minute, when records this
+// node publishes carry versions further ahead of its clock than peers
+// accept (MaxClockSkew): its clock ran ahead and came back, and versions
+// never go back, so its changes are refused everywhere until real time
+// catches up with them.
+func (n *Node) checkOwnClock(recs []Record) {
+	now := time.Now()
+	for i := range recs {
+		d := ahead(recs[i], now)
+		if d <= 0 {
+			continue
+		}
+		last := n.ownSkewLog.Load()
+		if now.UnixNano()-last >= int64(time.Minute) && n.ownSkewLog.CompareAndSwap(last, now.UnixNano()) {
+			n.log.Error("gossip: this node's record versions run ahead of its clock by more than max_skew, so peers refuse its machine changes until real time catches up (did its clock jump ahead and back?)",
+				"ahead", (d + MaxClockSkew).Round(time.Second), "max_skew", MaxClockSkew)
+		}
+		return
+	}
+}
+
 // broadcast queues records for gossip, one message each, named by owner
 // and ID so that a newer version replaces a queued older one.
 func (n *Node) broadcast(recs []Record, result string) {
 	if len(recs) == 0 {
 		return
+	}
+	if result == resultPublished {
+		n.checkOwnClock(recs)
 	}
 	for i := range recs {
 		msg := encodeRecords(kindUpdate, recs[i:i+1])

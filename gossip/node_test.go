@@ -414,3 +414,21 @@ func TestForgedFutureVersion(t *testing.T) {
 		return nil
 	})
 }
+
+// TestOwnClockAhead: a node whose versions run ahead of its clock (its
+// clock jumped ahead and back) says so, since its peers refuse its
+// changes until real time catches up.
+func TestOwnClockAhead(t *testing.T) {
+	logs := &syncBuffer{}
+	cfg := loopback("edge-a", "iad")
+	cfg.Log = slogTo(logs)
+	a := start(t, cfg)
+	a.mu.Lock()
+	a.tab.clock = uint64(time.Now().Add(10 * time.Minute).UnixNano())
+	a.mu.Unlock()
+	a.SetLocal([]Record{machine("m1")})
+	a.SetLocal([]Record{machine("m1"), machine("m2")})
+	if out := logs.String(); strings.Count(out, "run ahead of its clock") != 1 {
+		t.Errorf("log: want one error about versions ahead of the clock, got:\n%s", out)
+	}
+}
