@@ -132,7 +132,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, li *listenerInfo
 	}
 	defer h.finish(r, &x)
 	defer func() {
-		if x.abort {
+		// x.status 0 is a path that answered nothing and recorded no
+		// reason: no answer is better than net/http's empty 200.
+		if x.abort || x.status == 0 {
 			panic(http.ErrAbortHandler) // finish still runs
 		}
 	}()
