@@ -389,13 +389,14 @@ func TestEarlyResponse(t *testing.T) {
 
 // TestFullDuplexEcho: a machine that streams its answer while still
 // reading the upload (an echo) gets the whole upload, and the client gets
-// the whole echo, with both directions in flight at once: over HTTP/1.1
-// and HTTP/2, in large pieces and in small ones (a gRPC-like stream whose
+// the whole echo, with both directions in flight at once: over HTTP/1.1,
+// HTTP/2 and HTTP/3, in large pieces and in small ones (a gRPC-like stream whose
 // messages are far below the edge's write buffer, which must still reach
 // the machine one by one).
 func TestFullDuplexEcho(t *testing.T) {
 	m := startMachine(t, "m1", duplexEchoMachine, nil)
-	p := startProxy(t, oneApp("", []string{m.addr}))
+	p, h3addr := startH3Proxy(t, oneApp("", []string{m.addr}))
+	h3c, _ := newH3Client(t, 0)
 	h2 := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
 	t.Cleanup(h2.CloseIdleConnections)
 	h1, h2c := newClient(t), &http.Client{Transport: h2}
@@ -414,6 +415,8 @@ func TestFullDuplexEcho(t *testing.T) {
 		{"HTTP/1.1, chunked, 100-byte pieces", h1, p.url("/echo"), 100 * 100, 100, false},
 		{"HTTP/2, 64 KiB pieces", h2c, h2url, 4 << 20, 64 << 10, false},
 		{"HTTP/2, 100-byte pieces", h2c, h2url, 100 * 100, 100, false},
+		{"HTTP/3, 64 KiB pieces", h3c, "https://" + h3addr + "/echo", 4 << 20, 64 << 10, false},
+		{"HTTP/3, 100-byte pieces", h3c, "https://" + h3addr + "/echo", 100 * 100, 100, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) { fullDuplexEcho(t, tc.c, tc.url, tc.size, tc.piece, tc.declared) })
 	}
