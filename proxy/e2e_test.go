@@ -98,6 +98,7 @@ address = %q
 	if got := web.requests.Load() + api.requests.Load(); got != before {
 		t.Errorf("machines' requests after an unknown host: got %d, want %d (the machines never see it)", got, before)
 	}
+	wantMetric(t, p, `godwit_proxy_errors_total{app="",code="PH01"}`, 1)
 }
 
 func TestHardLimit(t *testing.T) {

@@ -918,6 +918,9 @@ func (h *Handler) finish(r *http.Request, x *exchange) {
 	d := time.Since(x.start)
 	h.metrics.requests.WithLabelValues(appName, region, codeClass(x.status)).Inc()
 	h.metrics.duration.WithLabelValues(appName, region).Observe(d.Seconds())
+	if x.code != "" {
+		h.metrics.proxyErrors.WithLabelValues(appName, string(x.code)).Inc()
+	}
 	if !h.access && x.code == "" {
 		return
 	}

@@ -36,6 +36,10 @@ type metrics struct {
 	// body_read (proxy.body_read_timeout), body_write
 	// (proxy.body_write_timeout). See slowclient.go.
 	clientTimeouts *prometheus.CounterVec
+	// proxyErrors counts the answers godwit gave itself, by app and
+	// error code (PX01, PL05, ...): what godwit_requests_total's status
+	// classes cannot tell apart.
+	proxyErrors *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
@@ -107,6 +111,11 @@ func newMetrics(reg prometheus.Registerer, table *routing.Table) *metrics {
 		Help: "Requests ended because the client stalled: kind body_read (no request body byte for proxy.body_read_timeout) or body_write (a write of the response not done within proxy.body_write_timeout).",
 	}, []string{"kind"})
 	reg.MustRegister(m.clientTimeouts)
+	m.proxyErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "godwit_proxy_errors_total",
+		Help: "Requests answered by godwit itself with an error code (the Godwit-Error header: PX01, PH01, PL05, PU02, ...), by app (empty when none was found) and code.",
+	}, []string{"app", "code"})
+	reg.MustRegister(m.proxyErrors)
 	reg.MustRegister(m.replays, m.replayDuration, m.cacheRequests, m.cacheStores, m.cacheInvalidations, m.backhaulRefusals)
 	reg.MustRegister(m.requests, m.duration, m.rejections, m.queueWait, m.retries, &machineCollector{table: table})
 	return m

@@ -190,6 +190,7 @@ func TestSlowBodyCut(t *testing.T) {
 	t.Run("a byte per second", func(t *testing.T) {
 		slowBodyCut(t, p, m, machine.Inflight)
 		wantMetric(t, p, `godwit_client_timeouts_total{kind="body_read"}`, 1)
+		wantMetric(t, p, `godwit_proxy_errors_total{app="web",code="PL07"}`, 1)
 	})
 
 	t.Run("fast 100 MB upload", func(t *testing.T) {
