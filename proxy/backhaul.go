@@ -296,7 +296,7 @@ func (h *Handler) remoteExchange(w http.ResponseWriter, r *http.Request, x *exch
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 			resp.Body.Close()
 			h.applyRefusal(m, reason)
-		case x.slowBody.timedOut():
+		case x.slowBody.stalled():
 			// The stalled body ended the request's context too (HTTP/1):
 			// the client is there, and gets 408 PL07.
 			h.fail(w, x, CodeBodyReadTimeout, "", err)

@@ -881,7 +881,7 @@ func clientIP(remoteAddr string) string {
 
 // fail answers with a proxy error.
 func (h *Handler) fail(w http.ResponseWriter, x *exchange, code Code, msg string, err error) {
-	if x.slowBody.timedOut() {
+	if x.slowBody.stalled() {
 		// Whatever failed, it failed for want of the client's body.
 		code, msg, err = CodeBodyReadTimeout, "the request body stalled: nothing arrived for proxy.body_read_timeout", errBodyReadTimeout
 		w.Header().Set("Connection", "close")

@@ -59,6 +59,7 @@ type idleBody struct {
 	timeout  time.Duration
 	deadline time.Time // the one set last; zero: none
 	expired  atomic.Bool
+	due      atomic.Int64 // deadline in UnixNano, for other goroutines; 0: none
 }
 
 // newIdleBody wraps body, the request body of w's request; timeout must
@@ -74,6 +75,14 @@ func (b *idleBody) renew() {
 	if b.rc.SetReadDeadline(b.deadline) != nil {
 		b.deadline = time.Time{} // not supported: no bound here
 	}
+	b.due.Store(unixNanoOrZero(b.deadline))
+}
+
+func unixNanoOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
@@ -83,6 +92,7 @@ func (b *idleBody) Read(p []byte) (int, error) {
 		if !b.deadline.IsZero() {
 			_ = b.rc.SetReadDeadline(time.Time{})
 			b.deadline = time.Time{}
+			b.due.Store(0)
 		}
 	case err != nil:
 		// Another deadline (unblockBodyRead's, one in the past) is not
@@ -99,6 +109,18 @@ func (b *idleBody) Read(p []byte) (int, error) {
 
 // timedOut reports whether proxy.body_read_timeout ended the body.
 func (b *idleBody) timedOut() bool { return b != nil && b.expired.Load() }
+
+// stalled reports whether the body timed out or its deadline has passed:
+// for a goroutine other than the reader, which may learn that the request
+// ended (its context, over HTTP/1, ends with the stalled read) before the
+// reader has seen the timeout.
+func (b *idleBody) stalled() bool {
+	if b == nil {
+		return false
+	}
+	d := b.due.Load()
+	return b.expired.Load() || d != 0 && time.Now().UnixNano() >= d
+}
 
 // endOnBodyTimeout ends the exchange on c, the machine's connection, when
 // err, the request body writer's, says the client's body stalled: the
@@ -118,7 +140,7 @@ func endOnBodyTimeout(c *upConn, err error) error {
 // already (fail).
 func (h *Handler) bodyTimedOut(x *exchange, body *idleBody) {
 	switch {
-	case body.timedOut():
+	case body.stalled():
 		h.metrics.clientTimeouts.WithLabelValues(timeoutBodyRead).Inc()
 		if !errors.Is(x.err, errBodyReadTimeout) {
 			x.err = errBodyReadTimeout
