@@ -805,13 +805,13 @@ func TestHTTP3SlowHeadersCut(t *testing.T) {
 	// 100 ms so that QUIC's own idle timeout never fires.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	start := time.Now() // before the edge can have accepted the connection
 	qc, err := quic.DialAddr(ctx, addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}},
 		&quic.Config{KeepAlivePeriod: 100 * time.Millisecond, MaxIdleTimeout: time.Minute})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
 	t.Cleanup(func() { qc.CloseWithError(0, "") })
-	start := time.Now()
 	for range 10 {
 		str, err := qc.OpenStreamSync(ctx)
 		if err != nil {
