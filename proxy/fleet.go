@@ -356,6 +356,15 @@ func (f *fleet) sync() {
 		f.syncHook()
 	}
 	members := f.node.Members()
+	var back []string // owners alive again, or back under a new identity
+	for _, m := range members {
+		if m.State != gossip.StateAlive {
+			continue
+		}
+		if old, ok := f.member(m.Name); ok && (old.State != gossip.StateAlive || old.BackhaulAddr != m.BackhaulAddr || old.Fingerprint != m.Fingerprint) {
+			back = append(back, m.Name)
+		}
+	}
 	pins := make(map[string]bool, len(members))
 	addrs := make(map[string]string, len(members))
 	byName := make(map[string]gossip.Member, len(members))
@@ -376,6 +385,12 @@ func (f *fleet) sync() {
 	f.mu.Unlock()
 	f.table.SetRemote(remoteMachines(f.node.Remote()))
 	f.table.SetRegionRTTs(f.regionRTTs())
+	// A hold put on an owner whose backhaul failed (ownerHold) is about
+	// that run of it: one that left, died or restarted and is back has
+	// its machines routable again at once, not when the hold runs out.
+	for _, name := range back {
+		f.table.MarkOwnerUp(name)
+	}
 }
 
 // member returns the member named name as the last sync saw it.
